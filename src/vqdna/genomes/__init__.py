@@ -1,0 +1,1 @@
+"""Genome acquisition (download) and Arrow shards of fixed-length windows."""

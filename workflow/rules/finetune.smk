@@ -1,0 +1,1 @@
+# Rules of the finetune stage (thin: inputs, outputs, resources, one CLI call).

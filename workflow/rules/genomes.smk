@@ -1,0 +1,1 @@
+# Rules of the genomes stage (thin: inputs, outputs, resources, one CLI call).

@@ -1,0 +1,1 @@
+# Rules of the pretrain stage (thin: inputs, outputs, resources, one CLI call).

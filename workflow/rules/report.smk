@@ -1,0 +1,1 @@
+# Rules of the report stage (thin: inputs, outputs, resources, one CLI call).

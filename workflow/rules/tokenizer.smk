@@ -1,0 +1,1 @@
+# Rules of the tokenizer stage (thin: inputs, outputs, resources, one CLI call).
