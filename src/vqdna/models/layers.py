@@ -1,0 +1,103 @@
+"""Transformer encoder blocks: fused QKV, SDPA (flash when no mask/bias is needed), RoPE/ALiBi."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .configuration import VQDNAConfig
+from .positions import alibi_bias, alibi_slopes, apply_rope, rope_tables
+
+
+class SelfAttention(nn.Module):
+    def __init__(self, config: VQDNAConfig):
+        super().__init__()
+        self.num_heads = config.num_attention_heads
+        self.head_dim = config.hidden_size // config.num_attention_heads
+        self.dropout = config.attention_probs_dropout_prob
+        # One fused projection: a single GEMM for q, k and v.
+        self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
+        self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor, rope: tuple | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        B, T, H = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if attn_mask is not None and attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
+            attn_mask = attn_mask.to(q.dtype)  # SDPA wants an additive bias in the query dtype
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+        )
+        return self.out_proj(out.transpose(1, 2).reshape(B, T, H))
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: VQDNAConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(F.gelu(self.fc1(x)))
+
+
+class EncoderLayer(nn.Module):
+    def __init__(self, config: VQDNAConfig):
+        super().__init__()
+        self.pre_norm = config.norm_position == "pre"
+        self.attention = SelfAttention(config)
+        self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlp = FeedForward(config)
+        self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: torch.Tensor, rope: tuple | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
+        if self.pre_norm:
+            x = x + self.dropout(self.attention(self.attn_norm(x), rope, attn_mask))
+            return x + self.dropout(self.mlp(self.mlp_norm(x)))
+        x = self.attn_norm(x + self.dropout(self.attention(x, rope, attn_mask)))
+        return self.mlp_norm(x + self.dropout(self.mlp(x)))
+
+
+class Encoder(nn.Module):
+    def __init__(self, config: VQDNAConfig):
+        super().__init__()
+        self.config = config
+        self.layers = nn.ModuleList([EncoderLayer(config) for _ in range(config.num_hidden_layers)])
+        # Pre-LN needs a final norm; post-LN layers already end normalised.
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.norm_position == "pre" else nn.Identity()
+        self.gradient_checkpointing = False
+
+    def attention_inputs(self, x: torch.Tensor, attention_mask: torch.Tensor | None):
+        """RoPE tables and the SDPA mask. No padding and RoPE -> mask None, the flash kernel."""
+        T = x.shape[1]
+        rope = None
+        mask = None
+        if self.config.position_encoding == "rope":
+            head_dim = self.config.hidden_size // self.config.num_attention_heads
+            rope = rope_tables(T, head_dim, self.config.rope_theta, x.device, x.dtype)
+        else:
+            # slopes computed here, not held in a buffer: from_pretrained builds modules on the
+            # meta device and would leave a non-persistent buffer uninitialised
+            slopes = alibi_slopes(self.config.num_attention_heads).to(x.device)
+            mask = alibi_bias(T, slopes, x.dtype)[None]  # [1, heads, T, T]
+        if attention_mask is not None:
+            keep = attention_mask[:, None, None, :].to(torch.bool)  # [B, 1, 1, T] over keys
+            if mask is None:
+                mask = keep
+            else:
+                mask = mask.masked_fill(~keep, torch.finfo(x.dtype).min)
+        return rope, mask
+
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        rope, mask = self.attention_inputs(x, attention_mask)
+        for layer in self.layers:
+            if self.gradient_checkpointing and self.training:
+                x = checkpoint(layer, x, rope, mask, use_reentrant=False)
+            else:
+                x = layer(x, rope, mask)
+        return self.final_norm(x)

@@ -1,0 +1,172 @@
+"""`VQDNAModel` (the encoder) and `VQDNAForMaskedLM` (what stage 2 trains and saves)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import PreTrainedModel
+from transformers.modeling_outputs import BaseModelOutput
+from transformers.utils import ModelOutput
+
+from .configuration import VQDNAConfig
+from .embedding import CodebookEmbedding, InputEmbedding
+from .layers import Encoder
+
+# Linear layers of every encoder block, for peft's `target_modules`.
+LORA_TARGET_MODULES = ["qkv", "out_proj", "fc1", "fc2"]
+
+IGNORE_INDEX = -100
+
+
+class VQDNAPreTrainedModel(PreTrainedModel):
+    config_class = VQDNAConfig
+    base_model_prefix = "vqdna"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["EncoderLayer"]
+
+    def _init_weights(self, module: nn.Module) -> None:
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, mean=0.0, std=std)
+        elif isinstance(module, nn.LayerNorm):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+        # CodebookEmbedding.codebooks: frozen, set from the tokenizer or loaded; never re-initialised.
+
+    def load_code_vectors(self, vectors) -> None:
+        """Copy a tokenizer's `code_vectors()` into the frozen input codebooks."""
+        tokens = self.base_encoder().embeddings.tokens
+        if not isinstance(tokens, CodebookEmbedding):
+            raise ValueError("this model uses a learned table embedding; it has no codebooks to load")
+        tokens.load_code_vectors(vectors)
+
+    def base_encoder(self) -> "VQDNAModel":
+        return getattr(self, self.base_model_prefix, self)
+
+
+class VQDNAModel(VQDNAPreTrainedModel):
+    """`forward(input_ids Long[B, T, levels], attention_mask [B, T] | None)` -> `last_hidden_state [B, T, H]`."""
+
+    # Loading the encoder out of a saved VQDNAForMaskedLM drops its head on purpose.
+    _keys_to_ignore_on_load_unexpected = [r"mlm_head\."]
+
+    def __init__(self, config: VQDNAConfig):
+        super().__init__(config)
+        self.embeddings = InputEmbedding(config)
+        self.encoder = Encoder(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> BaseModelOutput:
+        if input_ids.dim() == 2:  # [B, T] from a single-level tokenizer
+            input_ids = input_ids[..., None]
+        hidden = self.embeddings(input_ids)
+        hidden = self.encoder(hidden, attention_mask)
+        return BaseModelOutput(last_hidden_state=hidden)
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's transform (dense, GELU, LayerNorm) then one decoder per level over the tokenizer ids."""
+
+    def __init__(self, config: VQDNAConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.decoders = nn.ModuleList([nn.Linear(config.hidden_size, v) for v in config.vocab_sizes])
+
+    def forward(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        h = self.norm(F.gelu(self.dense(hidden)))
+        return [dec(h) for dec in self.decoders]
+
+
+@dataclass
+class VQDNAMaskedLMOutput(ModelOutput):
+    """`logits`: per level, concatenated on the last axis (split with `config.vocab_sizes`).
+    With `labels`, only the masked positions are scored: logits are `[N_masked, sum(V)]` and
+    `masked_positions` holds their flat indices into `B*T`; without labels they are `[B, T, sum(V)]`."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    level_losses: torch.Tensor | None = None
+    level_correct: torch.Tensor | None = None
+    num_masked: torch.Tensor | None = None
+    masked_positions: torch.Tensor | None = None
+    last_hidden_state: torch.Tensor | None = None
+
+
+class VQDNAForMaskedLM(VQDNAPreTrainedModel):
+    def __init__(self, config: VQDNAConfig):
+        super().__init__(config)
+        self.vqdna = VQDNAModel(config)
+        self.mlm_head = MaskedLMHead(config)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        return_dict: bool | None = None,
+        **kwargs,
+    ) -> VQDNAMaskedLMOutput:
+        hidden = self.vqdna(input_ids, attention_mask).last_hidden_state
+        if labels is None:
+            return VQDNAMaskedLMOutput(logits=torch.cat(self.mlm_head(hidden), dim=-1), last_hidden_state=hidden)
+        if labels.dim() == 2:
+            labels = labels[..., None]
+        # Score only the masked positions: the head and the softmax cost ~25% of the full pass.
+        flat_labels = labels.reshape(-1, labels.shape[-1])
+        positions = (flat_labels[:, 0] != IGNORE_INDEX).nonzero(as_tuple=True)[0]
+        target = flat_labels[positions]
+        level_logits = self.mlm_head(hidden.reshape(-1, hidden.shape[-1])[positions])
+        level_losses = torch.stack(
+            [F.cross_entropy(lg.float(), target[:, l], reduction="mean") for l, lg in enumerate(level_logits)]
+        )
+        level_correct = torch.stack(
+            [(lg.argmax(-1) == target[:, l]).sum() for l, lg in enumerate(level_logits)]
+        )
+        return VQDNAMaskedLMOutput(
+            loss=level_losses.mean(),
+            logits=torch.cat(level_logits, dim=-1),
+            level_losses=level_losses.detach(),
+            level_correct=level_correct,
+            num_masked=torch.tensor(positions.numel(), device=positions.device),
+            masked_positions=positions,
+        )
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer, **arch) -> "VQDNAForMaskedLM":
+        """A fresh model for `tokenizer`: codebook embedding when it has code vectors, else a table."""
+        model = cls(config_for_tokenizer(tokenizer, **arch))
+        vectors = tokenizer.code_vectors()
+        if vectors is not None:
+            model.load_code_vectors([torch.as_tensor(v).detach().float().cpu() for v in vectors])
+        return model
+
+
+def config_for_tokenizer(tokenizer, **arch) -> VQDNAConfig:
+    vectors = tokenizer.code_vectors()
+    if vectors is not None:
+        arch.setdefault("embedding", "codebook")
+        arch.setdefault("code_dim", int(vectors[0].shape[-1]))
+    else:
+        arch["embedding"] = "table"
+        arch.pop("code_dim", None)
+    return VQDNAConfig(
+        levels=tokenizer.levels,
+        vocab_sizes=list(tokenizer.vocab_sizes),
+        tokenizer_kind=getattr(tokenizer, "kind", None),
+        **arch,
+    )
