@@ -1,0 +1,112 @@
+"""Write one table as CSV (numbers, for machines), Markdown and LaTeX (formatted, for people).
+
+Markdown and LaTeX are rendered here rather than through pandas' `to_markdown`/`to_latex`
+so that escaping is exact and the output does not depend on optional packages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..atomic import atomic_path
+
+MISSING = "missing"
+NO_VALUE = "—"
+
+
+@dataclass
+class Table:
+    name: str
+    title: str
+    header: list[str]  # display columns
+    rows: list[list[str]]  # display cells, one list per row
+    records: list[dict]  # full numeric records, one per row (the CSV)
+    notes: list[str] = field(default_factory=list)
+
+    def __post_init__(self):
+        for row in self.rows:
+            if len(row) != len(self.header):
+                raise ValueError(f"{self.name}: row {row} has {len(row)} cells, header has {len(self.header)}")
+
+
+def fmt_number(value: float | None, decimals: int, *, sign: bool = False) -> str:
+    if value is None:
+        return NO_VALUE
+    return f"{value:+.{decimals}f}" if sign else f"{value:.{decimals}f}"
+
+
+def fmt_mean_std(mean: float | None, std: float | None, n: int, decimals: int) -> str:
+    if mean is None:
+        return MISSING
+    if n <= 1 or std is None:
+        return f"{mean:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def to_csv(table: Table) -> str:
+    import pandas as pd
+
+    frame = pd.DataFrame.from_records(table.records)
+    # Missing values stay empty cells (NaN), never 0.
+    return frame.to_csv(index=False, na_rep="")
+
+
+def _md_cell(text: str) -> str:
+    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(table: Table) -> str:
+    lines = [f"**{table.title}**", ""]
+    lines.append("| " + " | ".join(_md_cell(h) for h in table.header) + " |")
+    lines.append("|" + "|".join("---" for _ in table.header) + "|")
+    for row in table.rows:
+        lines.append("| " + " | ".join(_md_cell(c) for c in row) + " |")
+    if table.notes:
+        lines.append("")
+        lines.extend(f"- {_md_cell(n)}" for n in table.notes)
+    return "\n".join(lines) + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+    "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+    "±": r"$\pm$", "—": "---", "Δ": r"$\Delta$", "×": r"$\times$", "†": r"$^\dagger$",
+}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
+
+
+def to_latex(table: Table) -> str:
+    spec = "l" * len(table.header)
+    out = [
+        r"\begin{table}[t]",
+        r"\centering",
+        r"\caption{" + latex_escape(table.title) + "}",
+        r"\label{tab:" + table.name.replace("_", "-") + "}",
+        r"\begin{tabular}{" + spec + "}",
+        r"\toprule",
+        " & ".join(latex_escape(h) for h in table.header) + r" \\",
+        r"\midrule",
+    ]
+    out += [" & ".join(latex_escape(c) for c in row) + r" \\" for row in table.rows]
+    out.append(r"\bottomrule")
+    out.append(r"\end{tabular}")
+    if table.notes:
+        out.append(r"\par\smallskip\footnotesize " + r" \\ ".join(latex_escape(n) for n in table.notes))
+    out.append(r"\end{table}")
+    return "\n".join(out) + "\n"
+
+
+RENDERERS = {"csv": to_csv, "md": to_markdown, "tex": to_latex}
+
+
+def write_table(table: Table, out_dir: str | Path, formats=("csv", "md", "tex")) -> list[Path]:
+    written = []
+    for ext in formats:
+        path = Path(out_dir) / f"{table.name}.{ext}"
+        with atomic_path(path) as tmp:
+            tmp.write_text(RENDERERS[ext](table))
+        written.append(path)
+    return written
