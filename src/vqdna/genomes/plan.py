@@ -1,0 +1,75 @@
+"""Shard step 2 (Snakemake checkpoint): fix which windows go into which shard.
+
+The plan is small JSON: per genome the window counts per split, per split the number of
+shards. Shard `i` of a split holds rows `[i*R, (i+1)*R)` of that split's window order, which
+is genome-table order, or a seeded permutation of it (`shards.shuffle`, so that each shard
+mixes species). The permutation is recomputed from the seed by each shard writer, so the plan
+stays small at any scale and every shard can be (re)written on its own.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import ConfigError
+from .prepare import SPLITS, load_prepared, prep_paths
+from .table import GenomeRow
+
+PLAN_FORMAT = "vqdna-shard-plan-v1"
+
+
+def build_plan(rows: list[GenomeRow], prep_dir: str | Path, shards_cfg: dict) -> dict:
+    genomes = []
+    totals = {s: 0 for s in SPLITS}
+    for row in rows:
+        seq_path, index_path = prep_paths(prep_dir, row.accession)
+        prepared = load_prepared(index_path)
+        counts = {s: int((prepared.split == i).sum()) for i, s in enumerate(SPLITS)}
+        for s in SPLITS:
+            totals[s] += counts[s]
+        genomes.append({
+            "accession": row.accession, "species": row.species, "category": row.category,
+            "seq": str(seq_path), "index": str(index_path), "windows": counts,
+            "bases": prepared.meta["bases"], "records": prepared.meta["records"],
+        })
+    rows_per_shard = int(shards_cfg["rows_per_shard"])
+    splits = {}
+    for s in SPLITS:
+        if totals[s] == 0:
+            raise ConfigError(
+                f"shards: split {s!r} gets no windows from these genomes (window "
+                f"{shards_cfg['window']}, valid_fraction {shards_cfg['split']['valid_fraction']}); "
+                "lower shards.window or change shards.split")
+        splits[s] = {"windows": totals[s], "shards": math.ceil(totals[s] / rows_per_shard)}
+    return {
+        "format": PLAN_FORMAT, "window": int(shards_cfg["window"]), "stride": int(shards_cfg["stride"]),
+        "rows_per_shard": rows_per_shard, "shuffle": bool(shards_cfg["shuffle"]),
+        "shuffle_seed": int(shards_cfg["split"]["seed"]), "genomes": genomes, "splits": splits,
+    }
+
+
+def shard_names(plan: dict) -> list[tuple[str, int]]:
+    return [(s, i) for s in SPLITS for i in range(plan["splits"][s]["shards"])]
+
+
+def split_order(plan: dict, split: str) -> np.ndarray | None:
+    """The split's window permutation, or None for table order."""
+    if not plan["shuffle"]:
+        return None
+    n = plan["splits"][split]["windows"]
+    salt = SPLITS.index(split)
+    return np.random.default_rng([plan["shuffle_seed"], salt]).permutation(n)
+
+
+def shard_rows(plan: dict, split: str, index: int, order: np.ndarray | None = None) -> np.ndarray:
+    n = plan["splits"][split]["windows"]
+    r = plan["rows_per_shard"]
+    if not 0 <= index < plan["splits"][split]["shards"]:
+        raise ConfigError(f"shard {split}/{index:05d} is not in the plan ({plan['splits'][split]['shards']} shards)")
+    lo, hi = index * r, min((index + 1) * r, n)
+    if order is None:
+        order = split_order(plan, split)
+    return np.arange(lo, hi, dtype=np.int64) if order is None else order[lo:hi]

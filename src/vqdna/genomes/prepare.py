@@ -1,0 +1,145 @@
+"""Shard step 1, one job per genome: read it once, clean it, enumerate and split its windows.
+
+Writes two files per genome under `results/shards/prep/`:
+  `{accession}.seq`          the cleaned upper-case sequence of every record, concatenated
+                             (raw bytes, memory-mapped by the shard writers: no second parse)
+  `{accession}.windows.npz`  per window: offset into .seq, record index, start in the record,
+                             split (0 train, 1 valid); per record: id, length; `meta` (JSON)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..atomic import atomic_path
+from ..errors import InputError
+from .readers import iter_records
+from .windows import BadByte, WindowParams, batch_windows, stable_salt, unit_is_valid
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "valid")
+
+
+@dataclass
+class PreparedGenome:
+    accession: str
+    offsets: np.ndarray
+    records: np.ndarray
+    starts: np.ndarray
+    split: np.ndarray
+    record_ids: list[str]
+    record_lengths: np.ndarray
+    meta: dict = field(default_factory=dict)
+
+
+def prep_paths(prep_dir: str | Path, accession: str) -> tuple[Path, Path]:
+    prep_dir = Path(prep_dir)
+    return prep_dir / f"{accession}.seq", prep_dir / f"{accession}.windows.npz"
+
+
+def _batches(path: Path, batch_bases: int, fasta_reader: str, genbank_warnings: str):
+    ids: list[str] = []
+    seqs: list[bytes] = []
+    size = 0
+    for rid, seq in iter_records(path, fasta_reader=fasta_reader, genbank_warnings=genbank_warnings):
+        ids.append(rid)
+        seqs.append(seq)
+        size += len(seq)
+        if size >= batch_bases:
+            yield ids, seqs
+            ids, seqs, size = [], [], 0
+    if seqs:
+        yield ids, seqs
+
+
+def prepare_genome(path: str | Path, accession: str, params: WindowParams, *, seq_out: str | Path,
+                   index_out: str | Path, fasta_reader: str = "fast", genbank_warnings: str = "log",
+                   batch_bases: int = 16 << 20, progress=None) -> PreparedGenome:
+    path = Path(path)
+    salt = stable_salt("replace", params.seed, accession)
+    offsets, records, starts, units = [], [], [], []
+    record_ids: list[str] = []
+    record_lengths: list[int] = []
+    stats = {"bases": 0, "n_bases": 0, "iupac_bases": 0, "dropped_windows": 0}
+    written = 0
+    with atomic_path(seq_out) as tmp_seq, open(tmp_seq, "wb") as out:
+        for ids, seqs in _batches(path, batch_bases, fasta_reader, genbank_warnings):
+            lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
+            raw = np.frombuffer(b"".join(seqs), dtype=np.uint8)
+            rec_global = written + np.concatenate(([0], np.cumsum(lengths)[:-1]))
+            try:
+                bw = batch_windows(raw, lengths, rec_global, params, salt)
+            except BadByte as exc:
+                ends = np.cumsum(lengths)
+                r = int(np.searchsorted(ends, exc.position, side="right"))
+                pos_in_record = exc.position - (int(ends[r - 1]) if r else 0)
+                raise InputError(path, f"{exc.kind} {bytes([exc.byte])!r} at base {pos_in_record + 1}"
+                                 + (" (binary or non-FASTA content?)" if exc.kind.startswith("not") else ""),
+                                 record=ids[r]) from None
+            out.write(bw.clean.tobytes())
+            first_record = len(record_ids)
+            offsets.append(written + bw.starts)
+            records.append(first_record + bw.records)
+            starts.append(bw.local_starts)
+            units.append(bw.units)
+            record_ids.extend(ids)
+            record_lengths.extend(lengths.tolist())
+            written += bw.n_bases
+            stats["bases"] += bw.n_bases
+            stats["n_bases"] += bw.n_n
+            stats["iupac_bases"] += bw.n_iupac
+            stats["dropped_windows"] += bw.n_dropped_windows
+            if progress is not None:
+                progress.update(bw.n_bases)
+        out.flush()
+        # only now can the .seq become final; the index below names it
+        cat = lambda xs, dt: np.concatenate(xs).astype(dt) if xs else np.zeros(0, dtype=dt)  # noqa: E731
+        offsets_a = cat(offsets, np.int64)
+        records_a = cat(records, np.int64)
+        starts_a = cat(starts, np.int64)
+        units_a = cat(units, np.int64)
+    split = _assign_split(accession, record_ids, records_a, units_a, params)
+    meta = {
+        "accession": accession, "source": str(path), "records": len(record_ids),
+        "windows": int(len(offsets_a)),
+        "windows_per_split": {name: int((split == i).sum()) for i, name in enumerate(SPLITS)},
+        **stats, "params": params.__dict__,
+    }
+    if not record_ids:
+        raise InputError(path, "no records")
+    prepared = PreparedGenome(accession, offsets_a, records_a, starts_a, split, record_ids,
+                              np.asarray(record_lengths, dtype=np.int64), meta)
+    with atomic_path(index_out) as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez(fh, offsets=offsets_a, records=records_a, starts=starts_a, split=split,
+                     record_ids=np.asarray(record_ids, dtype=str),
+                     record_lengths=prepared.record_lengths, meta=np.asarray(json.dumps(meta)))
+    return prepared
+
+
+def _assign_split(accession: str, record_ids: list[str], records: np.ndarray, units: np.ndarray,
+                  params: WindowParams) -> np.ndarray:
+    if not len(records):
+        return np.zeros(0, dtype=np.uint8)
+    keys = records * (1 << 32) + units
+    uniq, inverse = np.unique(keys, return_inverse=True)
+    flags = np.fromiter(
+        (unit_is_valid(params.seed, accession, record_ids[int(k >> 32)], int(k & 0xFFFFFFFF), params.valid_fraction)
+         for k in uniq), dtype=np.uint8, count=len(uniq))
+    return flags[inverse]
+
+
+def load_prepared(index_path: str | Path) -> PreparedGenome:
+    try:
+        with np.load(index_path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return PreparedGenome(meta["accession"], z["offsets"], z["records"], z["starts"], z["split"],
+                                  z["record_ids"].tolist(), z["record_lengths"], meta)
+    except FileNotFoundError:
+        raise InputError(index_path, "prepared window index not found; run the shard prepare step") from None

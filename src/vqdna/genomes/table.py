@@ -1,0 +1,94 @@
+"""The genome table (`config/genomes.tsv`, `config/genomes.demo.tsv`): which genomes to fetch.
+
+Tab-separated, one genome per row, `#` starts a comment line. Columns:
+
+    accession  required  NCBI accession (GCF_/GCA_ assembly or nuccore, e.g. NC_001416.1); also the
+                          file stem under resources/genomes/, so only [A-Za-z0-9_.-]
+    species    required  display name (stored in every shard row)
+    category   required  the paper's appendix C category (Fungi, Mammalian, Bacteria, ...)
+    file       optional  file name inside `genomes.local_dir` (source: local); default: the single
+                          file whose name starts with the accession
+    sha256     optional  expected sha256 of the file as fetched (NCBI payload or local file)
+    include    optional  yes/no (default yes); `no` keeps a documented row out of the run
+    note       optional  free text
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..errors import InputError
+
+REQUIRED = ("accession", "species", "category")
+OPTIONAL = ("file", "sha256", "include", "note")
+_ACCESSION = re.compile(r"^[A-Za-z0-9_.-]+$")
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+@dataclass(frozen=True)
+class GenomeRow:
+    accession: str
+    species: str
+    category: str
+    file: str = ""
+    sha256: str = ""
+    include: bool = True
+    note: str = ""
+
+
+def read_genome_table(path: str | Path, *, included_only: bool = True) -> list[GenomeRow]:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise InputError(path, "genome table not found") from None
+    lines = [(i, line) for i, line in enumerate(text.splitlines(), start=1)
+             if line.strip() and not line.lstrip().startswith("#")]
+    if not lines:
+        raise InputError(path, "genome table is empty (needs a header and at least one row)")
+    header_line, header = lines[0]
+    columns = [c.strip() for c in header.split("\t")]
+    missing = [c for c in REQUIRED if c not in columns]
+    if missing:
+        raise InputError(path, f"missing column(s) {missing}; have {columns}", line=header_line)
+    unknown = [c for c in columns if c not in REQUIRED + OPTIONAL]
+    if unknown:
+        raise InputError(path, f"unknown column(s) {unknown}; allowed: {list(REQUIRED + OPTIONAL)}", line=header_line)
+    rows: list[GenomeRow] = []
+    seen: dict[str, int] = {}
+    for lineno, line in lines[1:]:
+        values = next(csv.reader([line], delimiter="\t"))
+        if len(values) > len(columns):
+            raise InputError(path, f"{len(values)} fields, header has {len(columns)}", line=lineno)
+        record = dict(zip(columns, [v.strip() for v in values] + [""] * (len(columns) - len(values))))
+        acc = record["accession"]
+        for col in REQUIRED:
+            if not record[col]:
+                raise InputError(path, f"empty {col!r}", line=lineno, record=acc or None)
+        if not _ACCESSION.match(acc):
+            raise InputError(path, "accession may only hold letters, digits, '_', '.', '-'", line=lineno, record=acc)
+        if acc in seen:
+            raise InputError(path, f"duplicate accession (first on line {seen[acc]})", line=lineno, record=acc)
+        seen[acc] = lineno
+        sha = record.get("sha256", "").lower()
+        if sha and not _SHA256.match(sha):
+            raise InputError(path, "sha256 must be 64 hex digits", line=lineno, record=acc)
+        include_raw = record.get("include", "").lower() or "yes"
+        if include_raw not in ("yes", "no", "true", "false", "1", "0"):
+            raise InputError(path, f"include must be yes/no, got {include_raw!r}", line=lineno, record=acc)
+        rows.append(GenomeRow(
+            accession=acc, species=record["species"], category=record["category"],
+            file=record.get("file", ""), sha256=sha,
+            include=include_raw in ("yes", "true", "1"), note=record.get("note", ""),
+        ))
+    return [r for r in rows if r.include] if included_only else rows
+
+
+def genome_by_accession(rows: list[GenomeRow], accession: str, table: str | Path) -> GenomeRow:
+    for row in rows:
+        if row.accession == accession:
+            return row
+    raise InputError(table, f"accession {accession!r} is not an included row of the genome table")
