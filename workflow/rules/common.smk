@@ -35,13 +35,14 @@ def stage_resources(stage):
     """Scheduler resources of one stage from config `cluster.resources.<stage>`
     (gpu, mem_mb, runtime, cpus_per_task, ...); the Slurm profile turns them into sbatch flags.
     Use as `resources: **stage_resources("pretrain")`."""
-    return dict(config.get("cluster", {}).get("resources", {}).get(stage, {}))
+    from vqdna.cluster.resources import snakemake_resources
+
+    return snakemake_resources(config, stage)
 
 
 def launcher(stage):
     """`vqdna <stage>` for one process, `torchrun ... -m vqdna <stage>` when the stage asks for
     several GPUs (DDP). Multi-node: the Slurm environment supplies the rendezvous (docs/cluster.md)."""
-    n = int(stage_resources(stage).get("gpu", 0) or 0)
-    if n > 1:
-        return f"torchrun --standalone --nproc-per-node={n} -m vqdna {stage} --config {RESOLVED_CONFIG}"
-    return vqdna(stage)
+    from vqdna.cluster.resources import launch_command
+
+    return launch_command(config, stage, RESOLVED_CONFIG)
