@@ -26,7 +26,12 @@ def schema_dir() -> Path:
 def _load_yaml(path: Path) -> Any:
     try:
         with open(path) as fh:
+            if path.suffix == ".json":
+                # YAML 1.1 would read the JSON number 1e-05 as a string
+                return json.load(fh)
             return yaml.safe_load(fh)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found") from None
     except yaml.YAMLError as exc:
