@@ -81,12 +81,17 @@ def _validator():
     import jsonschema
     from jsonschema import Draft202012Validator, validators
     from referencing import Registry, Resource
+    from referencing.jsonschema import DRAFT202012
 
     sdir = schema_dir()
 
     def retrieve(uri: str) -> Resource:
         name = uri.rsplit("/", 1)[-1]
-        return Resource.from_contents(_load_yaml(sdir / name))
+        contents = _load_yaml(sdir / name)
+        # A section's own `$schema` would make jsonschema validate it with the stock Draft 2020-12
+        # class, which does not fill defaults; every file is 2020-12, so resolve it without one.
+        contents.pop("$schema", None)
+        return Resource.from_contents(contents, default_specification=DRAFT202012)
 
     root = _load_yaml(sdir / SCHEMA_FILE)
     root.setdefault("$id", (sdir / SCHEMA_FILE).as_uri())
