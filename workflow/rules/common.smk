@@ -2,7 +2,7 @@
 # and the list of final targets each rule file appends to.
 from snakemake.utils import min_version, validate
 
-from vqdna.config import write_resolved
+from vqdna.config import validate_config, write_resolved
 
 min_version("9.0")
 
@@ -11,6 +11,8 @@ configfile: "config/config.yaml"
 
 
 validate(config, "../schemas/config.schema.yaml")
+# Snakemake's validate fills no defaults inside the $ref'd section schemas; vqdna's does.
+config.update(validate_config(config))
 
 # Every job reads this one validated file (defaults filled, --config overrides applied).
 RESOLVED_CONFIG = str(write_resolved(config, "results/config.resolved.json"))
