@@ -116,7 +116,27 @@ def get_client(cfg: Mapping | None):
 
     uri = tracking_uri(cfg)
     _ensure_sqlite_dir(uri)
-    return with_retries(lambda: MlflowClient(tracking_uri=uri), what="connect")
+    with _sqlite_init_lock(uri):
+        client = with_retries(lambda: MlflowClient(tracking_uri=uri), what="connect")
+        # open the store now, under the lock: parallel jobs creating a fresh sqlite store race
+        # in its schema migration (alembic "expected to match one row")
+        with_retries(lambda: client.search_experiments(max_results=1), what="open store")
+    return client
+
+
+@contextlib.contextmanager
+def _sqlite_init_lock(uri: str) -> Iterator[None]:
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    with open(uri[len("sqlite:///"):] + ".init-lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def experiment_id(client, cfg: Mapping | None) -> str:
