@@ -1,1 +1,137 @@
-# Rules of the genomes stage (thin: inputs, outputs, resources, one CLI call).
+# Rules of the genomes stage: download genomes, cut them into Arrow shards.
+# Thin: inputs, outputs, resources, one CLI call; all logic in src/vqdna/genomes/.
+#
+# Why four shard steps (so that deleting one shard re-makes only it, and a re-run does nothing):
+#   download_genome   one job per genome   -> resources/genomes/{acc}.fna.gz (+ {acc}.json: sha256, counts)
+#   genome_manifest   all genomes          -> resources/genomes/manifest.tsv
+#   shard_prepare     one job per genome   -> results/shards/prep/{acc}.seq (clean bases, read once)
+#                                             + {acc}.windows.npz (every window, its record and split)
+#   shard_plan        checkpoint           -> results/shards/plan.json: shards per split, fixed before
+#                                             any shard exists (rows i*R..(i+1)*R of each split's order)
+#   shard_write       one job per shard    -> results/shards/{split}/{index:05d}.arrow, gathered from the
+#                                             memory-mapped .seq files (no second parse of any genome)
+#   shard_manifest    all planned shards   -> results/shards/manifest.json (counts, bases, sha256)
+# A missing shard has all its inputs (plan + prep files) in place and older, so Snakemake
+# re-makes that shard (and the manifest that lists its checksum) and nothing else.
+import json
+import re
+
+from vqdna.genomes.download import find_local
+from vqdna.genomes.plan import shard_names
+from vqdna.genomes.table import read_genome_table
+
+GENOME_ROWS = read_genome_table(config["genomes"]["table"])
+GENOME_ACCESSIONS = [row.accession for row in GENOME_ROWS]
+GENOMES_DIR = "resources/genomes"
+SHARDS_DIR = "results/shards"
+
+
+wildcard_constraints:
+    accession="|".join(re.escape(a) for a in GENOME_ACCESSIONS) or "NONE",
+    split="train|valid",
+    index=r"\d{5}",
+
+
+def local_genome_file(wildcards):
+    """With source: local, the source file is an input (editing it re-runs the download)."""
+    if config["genomes"]["source"] != "local":
+        return []
+    row = next(r for r in GENOME_ROWS if r.accession == wildcards.accession)
+    return [str(find_local(row, Path(config["genomes"]["local_dir"])))]
+
+
+rule download_genome:
+    input:
+        table=config["genomes"]["table"],
+        local=local_genome_file,
+    output:
+        fasta=f"{GENOMES_DIR}/{{accession}}.fna.gz",
+        info=f"{GENOMES_DIR}/{{accession}}.json",
+    log:
+        "logs/genomes/download_{accession}.log",
+    resources:
+        **stage_resources("download"),
+    shell:
+        vqdna("download") + " --accession {wildcards.accession} --out-dir " + GENOMES_DIR + " > {log} 2>&1"
+
+
+rule genome_manifest:
+    input:
+        expand(f"{GENOMES_DIR}/{{accession}}.json", accession=GENOME_ACCESSIONS),
+    output:
+        f"{GENOMES_DIR}/manifest.tsv",
+    log:
+        "logs/genomes/manifest.log",
+    resources:
+        **stage_resources("download"),
+    shell:
+        vqdna("download") + " --manifest --out-dir " + GENOMES_DIR + " > {log} 2>&1"
+
+
+rule shard_prepare:
+    input:
+        f"{GENOMES_DIR}/{{accession}}.fna.gz",
+    output:
+        seq=f"{SHARDS_DIR}/prep/{{accession}}.seq",
+        index=f"{SHARDS_DIR}/prep/{{accession}}.windows.npz",
+    log:
+        "logs/shards/prepare_{accession}.log",
+    resources:
+        **stage_resources("shard"),
+    shell:
+        vqdna("shard") + " --step prepare --accession {wildcards.accession} --genome {input}"
+        " --shards-dir " + SHARDS_DIR + " > {log} 2>&1"
+
+
+checkpoint shard_plan:
+    input:
+        expand(f"{SHARDS_DIR}/prep/{{accession}}.windows.npz", accession=GENOME_ACCESSIONS),
+    output:
+        f"{SHARDS_DIR}/plan.json",
+    log:
+        "logs/shards/plan.log",
+    resources:
+        **stage_resources("shard"),
+    shell:
+        vqdna("shard") + " --step plan --shards-dir " + SHARDS_DIR + " > {log} 2>&1"
+
+
+rule shard_write:
+    input:
+        plan=f"{SHARDS_DIR}/plan.json",
+        prep=expand(
+            f"{SHARDS_DIR}/prep/{{accession}}.{{ext}}", accession=GENOME_ACCESSIONS, ext=["seq", "windows.npz"]
+        ),
+    output:
+        f"{SHARDS_DIR}/{{split}}/{{index}}.arrow",
+    log:
+        "logs/shards/write_{split}_{index}.log",
+    resources:
+        **stage_resources("shard"),
+    shell:
+        vqdna("shard") + " --step write --split {wildcards.split} --index {wildcards.index}"
+        " --shards-dir " + SHARDS_DIR + " > {log} 2>&1"
+
+
+def planned_shards(wildcards):
+    """Every shard the plan names (known once the shard_plan checkpoint has run)."""
+    with open(checkpoints.shard_plan.get().output[0]) as fh:
+        plan = json.load(fh)
+    return [f"{SHARDS_DIR}/{split}/{index:05d}.arrow" for split, index in shard_names(plan)]
+
+
+rule shard_manifest:
+    input:
+        plan=f"{SHARDS_DIR}/plan.json",
+        shards=planned_shards,
+    output:
+        f"{SHARDS_DIR}/manifest.json",
+    log:
+        "logs/shards/manifest.log",
+    resources:
+        **stage_resources("shard"),
+    shell:
+        vqdna("shard") + " --step manifest --shards-dir " + SHARDS_DIR + " > {log} 2>&1"
+
+
+ALL_TARGETS.extend([f"{GENOMES_DIR}/manifest.tsv", f"{SHARDS_DIR}/manifest.json"])
