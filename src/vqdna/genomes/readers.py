@@ -22,8 +22,9 @@ from ..errors import InputError
 log = logging.getLogger(__name__)
 
 GZIP_MAGIC = b"\x1f\x8b"
-# Decompressed bytes per read; large enough that per-chunk Python overhead vanishes.
-READ_CHUNK = 8 << 20
+# Decompressed bytes per read: large enough that per-chunk overhead vanishes, small enough
+# that a truncated gzip is reported near the record where it breaks.
+READ_CHUNK = 1 << 20
 _WHITESPACE = b"\r\n\t "
 
 
