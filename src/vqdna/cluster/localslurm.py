@@ -133,6 +133,7 @@ class LocalSlurm:
             f.touch()
             gpu_files.append(str(f))
         ctld_port, slurmd_port = _free_port(), _free_port()
+        self.ctld_port = ctld_port
         gres_node = f" Gres=gpu:{self.gpus}" if self.gpus else ""
         lines = [
             "# written by vqdna.cluster.localslurm: a one-node test cluster",
@@ -163,6 +164,7 @@ class LocalSlurm:
             "SelectType=select/cons_tres",
             "SelectTypeParameters=CR_CPU_Memory",
             "SchedulerType=sched/backfill",
+            f"DefMemPerCPU={max(100, (self.mem_mb or 2000) // max(1, self.cpus) // 4)}",
             "SlurmdParameters=config_overrides",
             "ReturnToService=2",
             f"MinJobAge={self.min_job_age}",
@@ -206,12 +208,30 @@ class LocalSlurm:
             self._wait(lambda: (m / "munge.sock").exists(), timeout, "munged socket")
             self._spawn("slurmctld", [_sbin("slurmctld"), "-D", "-i", "-f", str(self.conf)])
             self._wait(self._ctld_up, timeout, "slurmctld")
+            self._link_conf()
             self._spawn("slurmd", [_sbin("slurmd"), "-D", "-f", str(self.conf)])
             self._wait(self._node_idle, timeout, "node idle")
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _link_conf(self) -> None:
+        """Client commands inside jobs must find this config without SLURM_CONF: the Slurm
+        plugin's job step strips SLURM_* variables before it calls `srun`. Slurm clients then
+        read /run/slurm/conf/slurm.conf (where a configless slurmd caches its config), so link
+        that folder here. Refuses to replace a folder or link that is not ours."""
+        if Path("/etc/slurm/slurm.conf").exists():
+            raise ClusterError("/etc/slurm/slurm.conf exists: job steps would talk to that cluster, not this test one")
+        if RUN_CONF.is_symlink():
+            target = Path(os.readlink(RUN_CONF))
+            if (target / "slurm.conf").exists() and target != self.root:
+                raise ClusterError(f"{RUN_CONF} links to another live cluster config ({target})")
+            RUN_CONF.unlink()
+        elif RUN_CONF.exists():
+            raise ClusterError(f"{RUN_CONF} exists (a configless slurmd runs here?); not replacing it")
+        RUN_CONF.parent.mkdir(parents=True, exist_ok=True)
+        RUN_CONF.symlink_to(self.root, target_is_directory=True)
 
     def _check_alive(self) -> None:
         for name, p in self.procs.items():
@@ -261,6 +281,7 @@ class LocalSlurm:
             codes[name] = p.returncode
         self.procs.clear()
         self._save_pids()
+        _remove_conf_link(self.root)
         return codes
 
     def tail_logs(self, n: int = 30) -> str:
@@ -283,7 +304,7 @@ class LocalSlurm:
             # " Key=" boundaries
             for tok in _split_fields(line):
                 k, _, v = tok.partition("=")
-                rec[k] = v
+                rec[k] = v.strip()
             jobs.append(rec)
         return jobs
 
@@ -299,6 +320,18 @@ def _split_fields(line: str) -> list[str]:
 
     parts = re.split(r" (?=[A-Za-z][A-Za-z0-9_:/]*=)", line.strip())
     return [p for p in parts if "=" in p]
+
+
+RUN_CONF = Path("/run/slurm/conf")
+
+
+def _remove_conf_link(root: Path) -> None:
+    """slurmd (configless) links /run/slurm/conf to its cache; drop it if it is ours."""
+    try:
+        if RUN_CONF.is_symlink() and str(Path(os.readlink(RUN_CONF))).startswith(str(root)):
+            RUN_CONF.unlink()
+    except OSError:
+        pass
 
 
 def stop_pids(root: Path, timeout: float = 20) -> None:
@@ -322,6 +355,7 @@ def stop_pids(root: Path, timeout: float = 20) -> None:
         else:
             os.kill(pid, signal.SIGKILL)
     (Path(root) / "pids.json").write_text("{}")
+    _remove_conf_link(Path(root).resolve())
 
 
 def main(argv: list[str] | None = None) -> int:

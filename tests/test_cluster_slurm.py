@@ -1,0 +1,353 @@
+"""The Slurm profile against a real Slurm: a one-node cluster on localhost (munged, slurmctld,
+slurmd from Debian's slurm-wlm, installed with apt-get when missing), jobs submitted through
+`sbatch` by snakemake-executor-plugin-slurm, checked in the scheduler's own records.
+
+What runs (a few minutes on 2 cores):
+- a small workflow through `snakemake --profile slurm all` (the profile *name*, installed with
+  `vqdna install-profile`): a GPU rule gets `--gpus=1` from the GRES, a failing job shows up as
+  FAILED with its log path, and the re-run resubmits only what failed;
+- the demo pipeline up to VQDNA_SLURM_UNTIL (rule names; default: the tokenizers, i.e.
+  download + shard + train-tokenizer) through `--profile profiles/slurm`: every job is a
+  completed batch job of slurmctld, a job cancelled while running (preemption) is reported
+  failed and redone alone by the next run, and the outputs are byte-identical to a local run.
+Every daemon is stopped by PID at the end.
+
+Widen the pipeline part with e.g. `VQDNA_SLURM_UNTIL=all pytest -m slurm`.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from vqdna.cluster import localslurm
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.timeout(1200)]
+
+# rule names the pipeline part runs up to (`snakemake --until`), in DAG order: the first one
+# is run alone first (resume), a job of the last one is cancelled while running
+DEFAULT_UNTIL = ["genome_manifest", "shard_manifest", "train_tokenizer"]
+# outputs that must be byte-identical between the Slurm run and the local run
+COMPARE = os.environ.get("VQDNA_SLURM_COMPARE",
+                         "resources/genomes/* results/shards/* results/shards/*/* results/tokenizers/*/*").split()
+# never compared: logs, tracking store, Snakemake's own state, the resolved config
+IGNORE = ["logs/*", "results/mlflow*", ".snakemake/*", "results/config.resolved.json"]
+
+SUBMITTED = re.compile(r"submitted with SLURM jobid (\d+) \(log: ([^)]+)\)")
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "a local slurmd needs root"
+    if not localslurm.binaries_present() and not localslurm.can_install():
+        return "slurm-wlm/munge missing and apt-get unavailable"
+    return None
+
+
+if _skip_reason():
+    pytestmark.append(pytest.mark.skip(reason=_skip_reason()))
+
+
+# ---- fixtures ------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    # short path: munge's socket path must fit in sockaddr_un
+    root = Path(tmp_path_factory.mktemp("slurm"))
+    c = localslurm.LocalSlurm(root, gpus=2)
+    c.start()
+    pids = {n: p.pid for n, p in c.procs.items()}
+    try:
+        yield c
+    finally:
+        codes = c.stop()
+        # every daemon we started is gone, stopped by its PID
+        for name, pid in pids.items():
+            assert not Path(f"/proc/{pid}").exists() or _zombie(pid), f"{name} (pid {pid}) still running"
+        assert set(codes) == set(pids)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z"
+    except OSError:
+        return True
+
+
+@pytest.fixture(scope="module")
+def xdg(tmp_path_factory):
+    """A private user config folder with the repo's profiles installed by name."""
+    return Path(tmp_path_factory.mktemp("xdg"))
+
+
+def _env(cluster, xdg: Path) -> dict[str, str]:
+    env = cluster.env
+    env["XDG_CONFIG_HOME"] = str(xdg)
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def copy_repo(dest: Path) -> Path:
+    """The repo's files as git sees them (tracked + untracked-not-ignored): no results, no venv."""
+    out = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+                         cwd=ROOT, capture_output=True, check=True).stdout.decode()
+    for rel in filter(None, out.split("\0")):
+        src = ROOT / rel
+        if not src.exists() and not src.is_symlink():
+            continue  # deleted in the working tree
+        d = dest / rel
+        d.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            d.symlink_to(os.readlink(src))
+        elif src.is_file():
+            shutil.copy2(src, d)
+    return dest
+
+
+def snakemake(args: list[str], cwd: Path, env: dict, timeout: float = 900) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "snakemake", *args]
+    p = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    p.log = f"$ {' '.join(cmd)}  (cwd {cwd})\n--- stdout\n{p.stdout[-6000:]}\n--- stderr\n{p.stderr[-12000:]}"
+    return p
+
+
+# test settings on top of the profile: poll Slurm every few seconds, fail fast
+FAST = ["--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5", "--retries", "0"]
+
+
+def submitted(p) -> dict[str, str]:
+    """{slurm job id: log path} for every sbatch the plugin made in this run."""
+    return dict(SUBMITTED.findall(p.stdout + p.stderr))
+
+
+# ---- a small workflow: GPU request, a failing job, resume ------------------------------
+SMALL = '''
+FLAG = "allow_b"
+
+rule all:
+    input: "b.txt", "gpu.txt"
+
+rule a:
+    output: "a.txt"
+    resources: mem_mb=200, runtime=5
+    shell: "echo a > {output}"
+
+rule b:
+    input: "a.txt"
+    output: "b.txt"
+    resources: mem_mb=200, runtime=5
+    shell: "test -e " + FLAG + " || {{ echo 'injected failure of rule b' >&2; exit 3; }}; cat {input} > {output}"
+
+rule gpu:
+    output: "gpu.txt"
+    resources: mem_mb=200, runtime=5, gpu=1
+    shell: "echo SLURM_GPUS_ON_NODE=$SLURM_GPUS_ON_NODE > {output}"
+'''
+
+
+def test_profile_by_name_gpu_failure_and_resume(cluster, xdg, tmp_path):
+    env = _env(cluster, xdg)
+    # `vqdna install-profile` from the repo root puts the profiles where Snakemake looks names up
+    p = subprocess.run([sys.executable, "-m", "vqdna", "install-profile"], cwd=ROOT, env=env,
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert (xdg / "snakemake" / "slurm" / "config.yaml").is_file()
+
+    wf = tmp_path / "small"
+    wf.mkdir()
+    (wf / "Snakefile").write_text(SMALL)
+
+    # 1st run: rule b fails (exit 3) -> reported failed with its Slurm log; a and gpu succeed
+    first = snakemake(["--profile", "slurm", "all", *FAST], wf, env)
+    assert first.returncode != 0, first.log
+    jobs1 = submitted(first)
+    assert len(jobs1) == 3, first.log
+    recs = {r["JobId"]: r for r in cluster.job_records()}
+    by_rule = {recs[j]["Comment"]: j for j in jobs1}
+    assert set(by_rule) == {"rule_a", "rule_b", "rule_gpu"}, by_rule
+    for j in jobs1:
+        assert recs[j]["BatchFlag"] == "1"  # went through sbatch
+        assert recs[j]["WorkDir"] == str(wf)
+    failed = by_rule["rule_b"]
+    assert recs[failed]["JobState"] == "FAILED", recs[failed]
+    assert recs[failed]["ExitCode"].split(":")[0] != "0"
+    assert recs[by_rule["rule_a"]]["JobState"] == "COMPLETED"
+    err = first.stdout + first.stderr
+    assert f"SLURM-job '{failed}' failed" in err, first.log
+    log_path = jobs1[failed]
+    assert log_path in err.split(f"SLURM-job '{failed}' failed", 1)[1], "log path not shown with the failure"
+    assert "injected failure of rule b" in Path(log_path).read_text()
+    # the GPU rule asked Slurm for one GPU and got it
+    gpu = recs[by_rule["rule_gpu"]]
+    assert "gpu:1" in gpu.get("TresPerJob", "") + gpu.get("JOB_GRES", ""), gpu
+    assert (wf / "gpu.txt").read_text().strip() == "SLURM_GPUS_ON_NODE=1"
+    assert not (wf / "b.txt").exists()
+
+    # 2nd run after the fix: only b is submitted (a and gpu are done)
+    (wf / "allow_b").touch()
+    second = snakemake(["--profile", "slurm", "all", *FAST], wf, env)
+    assert second.returncode == 0, second.log
+    jobs2 = submitted(second)
+    recs = {r["JobId"]: r for r in cluster.job_records()}
+    assert [recs[j]["Comment"] for j in jobs2] == ["rule_b"], second.log
+    assert recs[next(iter(jobs2))]["JobState"] == "COMPLETED"
+    assert (wf / "b.txt").read_text() == "a\n"
+
+
+# ---- the demo pipeline through profiles/slurm -------------------------------------------
+def _rules(repo: Path, env) -> set[str]:
+    p = snakemake(["--list-rules"], repo, env, timeout=300)
+    assert p.returncode == 0, p.log
+    return {line.split()[0] for line in p.stdout.splitlines() if line.strip()}
+
+
+def _until(rules: set[str]) -> list[str]:
+    raw = os.environ.get("VQDNA_SLURM_UNTIL")
+    wanted = raw.split() if raw else DEFAULT_UNTIL
+    present = [r for r in wanted if r in rules or r == "all"]
+    assert present, f"none of the rules {wanted} exists in the pipeline (rules: {sorted(rules)})"
+    return present
+
+
+def _targets(until: list[str]) -> list[str]:
+    return ["all"] if until == ["all"] else ["--until", *until]
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    out = {}
+    for f in root.rglob("*"):
+        if not f.is_file():
+            continue
+        rel = f.relative_to(root).as_posix()
+        if any(fnmatch.fnmatch(rel, pat) for pat in IGNORE):
+            continue
+        if any(fnmatch.fnmatch(rel, pat) for pat in COMPARE):
+            out[rel] = f.read_bytes()
+    return out
+
+
+EXTRA_CONFIG = """# test: one pipeline stage asks for a GPU so the profile's --gpus path is exercised
+cluster:
+  resources:
+    train-tokenizer: {gpu: 1}
+"""
+
+
+def test_demo_pipeline_through_slurm_profile(cluster, xdg, tmp_path):
+    env = _env(cluster, xdg)
+    local = copy_repo(tmp_path / "local")
+    onslurm = copy_repo(tmp_path / "slurm")
+    for repo in (local, onslurm):
+        (repo / "test-extra.yaml").write_text(EXTRA_CONFIG)
+    cfg = ["--configfile", "config/config.yaml", "test-extra.yaml"]
+    until = _until(_rules(onslurm, env))
+    targets = _targets(until)
+
+    # the reference: the same targets on this machine through profiles/local
+    ref = snakemake(["--profile", "profiles/local", "--cores", "2", *cfg, *targets], local, env)
+    assert ref.returncode == 0, ref.log
+
+    # the literal profile-name form resolves (dry run) and GPU resources show in the job list
+    dry = snakemake(["--profile", "slurm", "-n", *cfg, *targets], onslurm, env, timeout=300)
+    assert dry.returncode == 0, dry.log
+
+    # run 1: only the first stage (resume baseline)
+    first_until = until[:1] if until != ["all"] else None
+    if first_until:
+        r1 = snakemake(["--profile", "profiles/slurm", *FAST, *cfg, "--until", *first_until], onslurm, env)
+        assert r1.returncode == 0, r1.log
+        jobs1 = submitted(r1)
+        assert jobs1, r1.log
+        _assert_completed_batch_jobs(cluster, jobs1, onslurm)
+        done_rules = {cluster_rec["Comment"].split("_wildcards_")[0] for cluster_rec in _recs(cluster, jobs1)}
+    else:
+        done_rules = set()
+
+    # run 2: everything; one job of the last stage is cancelled while it runs (preemption)
+    args2 = ["--profile", "profiles/slurm", *FAST, *cfg, *targets]
+    victim_rule = "rule_" + until[-1] if until != ["all"] else None
+    proc = subprocess.Popen([sys.executable, "-m", "snakemake", *args2], cwd=onslurm, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = _cancel_first_running(cluster, onslurm, victim_rule, proc, timeout=600)
+    out2, _ = proc.communicate(timeout=900)
+    log2 = f"$ snakemake {' '.join(args2)}\n{out2[-15000:]}"
+    jobs2 = dict(SUBMITTED.findall(out2))
+    assert victim is not None, "no pipeline job was seen running to cancel\n" + log2
+    assert victim in jobs2, log2
+    assert proc.returncode != 0, log2
+    assert f"SLURM-job '{victim}' failed" in out2 and "CANCELLED" in out2, log2
+    assert jobs2[victim] in out2.split(f"SLURM-job '{victim}' failed", 1)[1], "log path not reported"
+    recs2 = {r["JobId"]: r for r in _recs(cluster, jobs2)}
+    assert recs2[victim]["JobState"] == "CANCELLED", recs2[victim]
+    # resume: nothing of run 1 was submitted again
+    again = {r["Comment"].split("_wildcards_")[0] for r in recs2.values()} & done_rules
+    assert not again, f"rules finished in run 1 were resubmitted: {again}\n{log2}"
+    _assert_completed_batch_jobs(cluster, {j: p for j, p in jobs2.items() if j != victim}, onslurm)
+    if until != ["all"] and victim_rule == "rule_train_tokenizer":
+        tok = [r for r in recs2.values() if r["Comment"].startswith("rule_train_tokenizer")]
+        assert all("gpu:1" in r.get("TresPerJob", "") for r in tok), tok
+
+    # run 3: resumes, submitting only the cancelled job's work
+    r3 = snakemake(["--profile", "profiles/slurm", *FAST, *cfg, *targets], onslurm, env)
+    assert r3.returncode == 0, r3.log
+    jobs3 = submitted(r3)
+    recs3 = _recs(cluster, jobs3)
+    assert jobs3, r3.log
+    victim_comment = recs2[victim]["Comment"]
+    assert victim_comment in [r["Comment"] for r in recs3], r3.log
+    assert len(jobs3) < len(jobs2), "the re-run redid more than the cancelled job's part\n" + r3.log
+    _assert_completed_batch_jobs(cluster, jobs3, onslurm)
+    # a further run has nothing to do
+    r4 = snakemake(["--profile", "profiles/slurm", *FAST, *cfg, *targets], onslurm, env)
+    assert r4.returncode == 0 and not submitted(r4), r4.log
+
+    # the outputs equal the local run's, byte for byte
+    a, b = _files(local), _files(onslurm)
+    assert a, f"nothing to compare under {COMPARE} in the local run"
+    assert sorted(a) == sorted(b)
+    differ = [k for k in a if a[k] != b[k]]
+    assert not differ, f"files differ between local and Slurm runs: {differ}"
+
+
+def _recs(cluster, job_ids) -> list[dict[str, str]]:
+    recs = {r["JobId"]: r for r in cluster.job_records()}
+    missing = [j for j in job_ids if j not in recs]
+    assert not missing, f"slurmctld has no record of jobs {missing}"
+    return [recs[j] for j in job_ids]
+
+
+def _assert_completed_batch_jobs(cluster, jobs: dict[str, str], workdir: Path) -> None:
+    """Each job is a batch job (sbatch) of slurmctld that completed, in the repo copy, with the
+    rule name as its comment; slurmctld's log shows each submission."""
+    ctld_log = cluster.log("slurmctld").read_text(errors="replace")
+    for rec in _recs(cluster, jobs):
+        assert rec["BatchFlag"] == "1", rec
+        assert rec["JobState"] == "COMPLETED", rec
+        assert rec["WorkDir"] == str(workdir), rec
+        assert rec["Comment"].startswith("rule_"), rec
+        assert re.search(rf"submit_batch_job: JobId={rec['JobId']}\b", ctld_log), rec["JobId"]
+
+
+def _cancel_first_running(cluster, workdir: Path, rule_prefix: str | None, proc, timeout: float):
+    """scancel the first RUNNING job of `rule_prefix` (any pipeline job when None)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        out = subprocess.run(["squeue", "-h", "-t", "RUNNING", "-o", "%i|%k|%Z"], env=cluster.env,
+                             capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            jid, comment, wd = (line.split("|") + ["", ""])[:3]
+            if wd == str(workdir) and (rule_prefix is None or comment.startswith(rule_prefix)):
+                time.sleep(1.0)  # let the job step start, as a preemption would find it
+                subprocess.run(["scancel", jid], env=cluster.env)
+                return jid
+        time.sleep(0.2)
+    return None
