@@ -1,1 +1,133 @@
 # Rules of the report stage (thin: inputs, outputs, resources, one CLI call).
+#   probe        Table 1/2 measurements of one tokenizer on one dataset -> results/probe/{tok}/{dataset}.json
+#   aggregate    Tables 1-9 (csv/md/tex) and figures (png/svg)           -> results/tables/, results/figures/
+#   report_html  the Snakemake HTML report of the finished workflow     -> results/report.html
+# All logic is in src/vqdna/report/; output names in vqdna.report.names.
+
+import re
+
+from vqdna.report.aggregate import ablation_variants, report_tokenizers
+from vqdna.report.names import FIGURES, TABLES
+
+REPORT = config["report"]
+REPORT_TOKENIZERS = report_tokenizers(config)
+PROBE_DATASET = REPORT["table1_dataset"]
+# Tables 7/8 probe stage-1 tokenizer variants without a pretrained backbone (report.ablations).
+ABLATION_TOKENIZERS = (
+    [t for t in ablation_variants(config) if t in TOKENIZER_NAMES and "_mask_" not in t]
+    if REPORT["ablations"]["enabled"] else []
+)
+
+
+report: "../report/workflow.rst"
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in names) or "NONE"
+
+
+rule probe:
+    input:
+        tokenizer="results/tokenizers/{tok}/config.json",
+        backbone="results/pretrain/{tok}/config.json",
+        dataset="results/datasets/{dataset}/meta.json",
+    output:
+        "results/probe/{tok}/{dataset}.json",
+    log:
+        "logs/probe/{tok}/{dataset}.log",
+    wildcard_constraints:
+        tok=_alternatives(REPORT_TOKENIZERS),
+    resources:
+        **stage_resources("probe"),
+    shell:
+        vqdna("probe") + " --tok {wildcards.tok} --dataset {wildcards.dataset}"
+        " --tokenizer-dir results/tokenizers/{wildcards.tok} --pretrain-dir results/pretrain/{wildcards.tok}"
+        " --dataset-dir results/datasets/{wildcards.dataset} --out {output} > {log} 2>&1"
+
+
+rule probe_codebook:
+    input:
+        tokenizer="results/tokenizers/{tok}/config.json",
+        dataset="results/datasets/{dataset}/meta.json",
+    output:
+        "results/probe/{tok}/{dataset}.json",
+    log:
+        "logs/probe/{tok}/{dataset}.log",
+    wildcard_constraints:
+        tok=_alternatives(ABLATION_TOKENIZERS),
+    resources:
+        **stage_resources("probe"),
+    shell:
+        vqdna("probe") + " --tok {wildcards.tok} --dataset {wildcards.dataset} --features codebook"
+        " --tokenizer-dir results/tokenizers/{wildcards.tok}"
+        " --dataset-dir results/datasets/{wildcards.dataset} --out {output} > {log} 2>&1"
+
+
+def finetune_summaries(wildcards):
+    """Every fine-tune summary the workflow builds (the finetune rules add them to ALL_TARGETS)."""
+    return sorted(t for t in ALL_TARGETS if re.fullmatch(r"results/finetune/[^/]+/[^/]+/summary\.json", t))
+
+
+def figure5_inputs(wildcards):
+    fig5 = REPORT["figure5"]
+    if fig5["tokenizer"] not in TOKENIZER_NAMES:
+        return []  # the figure says why it is empty
+    return [f"results/tokenizers/{fig5['tokenizer']}/config.json", f"results/datasets/{fig5['dataset']}/meta.json"]
+
+
+def _table_outputs():
+    out = {}
+    for name in TABLES:
+        caption = f"../report/{name}.rst"
+        out[f"{name}_csv"] = report(f"results/tables/{name}.csv", caption=caption, category="Tables")
+        out[f"{name}_md"] = f"results/tables/{name}.md"
+        out[f"{name}_tex"] = f"results/tables/{name}.tex"
+    for name in FIGURES:
+        caption = f"../report/{name}.rst"
+        out[f"{name}_png"] = report(f"results/figures/{name}.png", caption=caption, category="Figures")
+        out[f"{name}_svg"] = f"results/figures/{name}.svg"
+    return out
+
+
+rule aggregate:
+    input:
+        summaries=finetune_summaries,
+        probes=expand("results/probe/{tok}/{dataset}.json", tok=REPORT_TOKENIZERS, dataset=PROBE_DATASET),
+        ablation_probes=expand("results/probe/{tok}/{dataset}.json", tok=ABLATION_TOKENIZERS,
+                               dataset=REPORT["ablations"]["probe_dataset"]),
+        tokenizer_metrics=expand("results/tokenizers/{tok}/metrics.json", tok=TOKENIZER_NAMES),
+        figure5=figure5_inputs,
+        paper=REPORT["paper_results"],
+    output:
+        manifest="results/tables/manifest.json",
+        **_table_outputs(),
+    log:
+        "logs/report/aggregate.log",
+    resources:
+        **stage_resources("aggregate"),
+    shell:
+        vqdna("aggregate") + " --results results --tables results/tables --figures results/figures > {log} 2>&1"
+
+
+# `snakemake --report` of the finished workflow, as the last job of `all` (report.html.build):
+# a nested, lock-free Snakemake that only reads the metadata of the jobs above.
+localrules: report_html
+
+
+rule report_html:
+    input:
+        rules.aggregate.output,
+    output:
+        "results/report.html",
+    log:
+        "logs/report/report_html.log",
+    params:
+        snakefile=workflow.main_snakefile,
+    shell:
+        "snakemake --snakefile {params.snakefile} --nolock --configfile " + RESOLVED_CONFIG
+        + " --report {output} -- results/tables/manifest.json > {log} 2>&1"
+
+
+ALL_TARGETS.append("results/tables/manifest.json")
+if REPORT["html"]["build"]:
+    ALL_TARGETS.append("results/report.html")

@@ -196,8 +196,8 @@ def table2(data: ReportData) -> Table:
         parts = {
             "params_M": (_scale(lookup(probe, "model.backbone_params"), 1e-6),
                          _scale(lookup(probe, "model.tokenizer_params"), 1e-6)),
-            "gflops_512nt": (_scale(lookup(probe, "model.backbone_flops_512nt"), 1e-9),
-                             _scale(lookup(probe, "model.tokenizer_flops_512nt"), 1e-9)),
+            "gflops_512nt": (_scale(lookup(probe, "model.backbone_flops"), 1e-9),
+                             _scale(lookup(probe, "model.tokenizer_flops"), 1e-9)),
         }
         for metric, label in TABLE2_QUANTITIES:
             shown = None

@@ -1,0 +1,154 @@
+"""`vqdna aggregate`: the paper's Tables 1-9 and Figures 1/5 plus training curves.
+
+    vqdna aggregate --config results/config.resolved.json
+
+Reads `results/finetune/*/*/summary.json`, `results/probe/*/*.json`,
+`results/tokenizers/*/metrics.json`, the HRQ tokenizer and the prepared Figure-5 dataset, and
+MLflow; writes `results/tables/*.{csv,md,tex}` and `results/figures/*.{png,svg}` (names in
+`vqdna.report.names`) and `results/tables/manifest.json` (what each table/figure was built from).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..atomic import write_json
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("--results", default="results", help="results root (finetune/, probe/, tokenizers/, datasets/)")
+    parser.add_argument("--tables", default="results/tables", help="output directory of the tables")
+    parser.add_argument("--figures", default="results/figures", help="output directory of the figures")
+    parser.add_argument("--skip-figures", action="store_true", help="tables only (fast)")
+
+
+def report_tokenizers(cfg: dict) -> list[str]:
+    rcfg = cfg["report"]
+    return list(rcfg["tokenizers"] if rcfg.get("tokenizers") else cfg["tokenizers"]["train"])
+
+
+def ablation_variants(cfg: dict) -> list[str]:
+    """Tokenizer names of the ablation runs (Tables 7-9), whether or not they were run."""
+    from .paper import load_paper_results
+
+    acfg = cfg["report"]["ablations"]
+    paper = load_paper_results(cfg["report"]["paper_results"])
+    names = []
+    for table in (7, 8, 9):
+        for row in paper.rows_of(table):
+            base = acfg["base_tokenizers"].get(row.method)
+            if base:
+                names.append(acfg["variant_name"].format(base=base, row=row.dataset.partition(":")[0]))
+    return sorted(set(names))
+
+
+def load_report_data(cfg: dict, results: str | Path):
+    from .inputs import collect_summaries, read_probe, read_tokenizer_metrics
+    from .paper import load_paper_results
+    from .tables import ReportData
+
+    rcfg = cfg["report"]
+    results = Path(results)
+    tokenizers = report_tokenizers(cfg)
+    everyone = sorted(set(tokenizers) | set(ablation_variants(cfg)))
+    summaries = collect_summaries(results / "finetune", everyone)
+    probes = {}
+    for tok in everyone:
+        for path in sorted((results / "probe" / tok).glob("*.json")):
+            probe = read_probe(path)
+            probes[(tok, path.stem)] = probe
+    tok_metrics = {}
+    for tok in everyone:
+        metrics = read_tokenizer_metrics(results / "tokenizers" / tok / "metrics.json")
+        if metrics is not None:
+            tok_metrics[tok] = metrics
+    return ReportData(
+        paper=load_paper_results(rcfg["paper_results"]), tokenizers=tokenizers,
+        paper_methods=dict(rcfg["paper_methods"]), summaries=summaries, probes=probes,
+        tokenizer_metrics=tok_metrics, decimals=rcfg["decimals"], expected_seeds=rcfg["expected_seeds"],
+        table1_dataset=rcfg["table1_dataset"], extra_datasets=dict(rcfg["extra_datasets"]),
+        ablations=dict(rcfg["ablations"]),
+    )
+
+
+def build_figure5(cfg: dict, results: Path, out_base: Path) -> dict:
+    from ..datasets.store import read_split
+    from .codebook_map import codebook_figure
+    from .figures import placeholder_figure
+
+    fcfg = cfg["report"]["figure5"]
+    tok_dir = results / "tokenizers" / fcfg["tokenizer"]
+    data_dir = results / "datasets" / fcfg["dataset"]
+    title = f"Figure 5. {fcfg['tokenizer']} codebooks on {fcfg['dataset']} (UMAP), codes labelled by Grad-CAM class"
+    if not (tok_dir / "config.json").exists() or not (data_dir / "meta.json").exists():
+        why = f"not drawn: this run has no {tok_dir}" if not (tok_dir / "config.json").exists() else \
+            f"not drawn: this run has no prepared dataset {data_dir}"
+        placeholder_figure(out_base, title, why)
+        return {"drawn": False, "reason": why}
+    from ..datasets.store import read_meta
+    from ..tokenizers import load_tokenizer
+
+    meta = read_meta(data_dir)
+    splits = {name: read_split(data_dir, name) for name in fcfg["fit_splits"]}
+    tokenizer = load_tokenizer(tok_dir)
+    if tokenizer.code_vectors() is None:
+        why = f"not drawn: tokenizer {fcfg['tokenizer']} has no learned codebook"
+        placeholder_figure(out_base, title, why)
+        return {"drawn": False, "reason": why}
+    if meta.get("demo_stand_in"):
+        title += "\n(demo stand-in data, not the GUE covid set)"
+    summary = codebook_figure(tokenizer, splits, out_base, fcfg, seed=int(cfg.get("seed", 0)),
+                              class_names=fcfg.get("class_names"), title=title)
+    return {"drawn": True, **summary}
+
+
+def run(args, cfg) -> int:
+    from ..tracking import start_run
+    from .names import FIGURES, TABLES
+    from .render import write_table
+    from .tables import build_all
+
+    results = Path(args.results)
+    tables_dir, figures_dir = Path(args.tables), Path(args.figures)
+    data = load_report_data(cfg, results)
+    with start_run(cfg, stage="aggregate", name="aggregate",
+                   params={f"report.{k}": v for k, v in cfg["report"].items() if not isinstance(v, dict)}) as mlrun:
+        tables = build_all(data)
+        assert [t.name for t in tables] == list(TABLES), "table list and names.TABLES disagree"
+        for table in tables:
+            for path in write_table(table, tables_dir):
+                mlrun.log_artifact(path, "tables")
+        manifest = {
+            "tables": {t.name: {"rows": len(t.rows), "missing": sum(r["status"] == "missing" for r in t.records)}
+                       for t in tables},
+            "summaries": sorted(r.path for r in data.summaries.values()),
+            "probes": sorted(f"{tok}/{ds}" for tok, ds in data.probes),
+        }
+        if not args.skip_figures:
+            manifest["figures"] = build_figures(cfg, data, results, figures_dir)
+            for name in FIGURES:
+                for ext in ("png", "svg"):
+                    mlrun.log_artifact(figures_dir / f"{name}.{ext}", "figures")
+        write_json(tables_dir / "manifest.json", manifest)
+        mlrun.log_metrics({f"missing.{name}": v["missing"] for name, v in manifest["tables"].items()})
+    log.info("wrote %d tables to %s%s", len(tables), tables_dir,
+             "" if args.skip_figures else f" and {len(FIGURES)} figures to {figures_dir}")
+    return 0
+
+
+def build_figures(cfg: dict, data, results: Path, figures_dir: Path) -> dict:
+    from .figures import bubble_chart, curves_figure, fetch_curves
+
+    rcfg = cfg["report"]
+    out = {}
+    bubble_chart(data, figures_dir / "figure1_bubble", max_area=rcfg["figure1"]["max_area"],
+                 min_area=rcfg["figure1"]["min_area"])
+    out["figure1_bubble"] = {"drawn": True}
+    out["figure5_hrq_codebook_umap"] = build_figure5(cfg, results, figures_dir / "figure5_hrq_codebook_umap")
+    panels = fetch_curves(cfg, rcfg["curves"]["panels"], rcfg["curves"]["max_runs"])
+    curves_figure(panels, figures_dir / "training_curves")
+    out["training_curves"] = {p["title"]: sorted(p["series"]) for p in panels}
+    return out
