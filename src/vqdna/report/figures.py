@@ -98,9 +98,13 @@ def bubble_chart(data, out_base, *, max_area: float, min_area: float) -> list[Pa
         return placeholder_figure(out_base, "Figure 1", "no results for Tables 3-5 in this run or the paper")
     known = [m["params_M"] for m in models.values() if m["params_M"]]
     biggest = max(known) if known else 1.0
-    cmap = plt.get_cmap("tab10")
+    # paper models and this run's tokenizers from different palettes, so no two share a colour
+    paper_colours, our_colours = plt.get_cmap("tab10"), plt.get_cmap("Dark2")
     n = len(models)
+    n_paper = 0
     for i, (label, m) in enumerate(models.items()):
+        colour = our_colours((i - n_paper) % 8) if m["ours"] else paper_colours(i % 10)
+        n_paper += 0 if m["ours"] else 1
         xs, ys = [], []
         for j, fam in enumerate(families):
             if fam in m["families"]:
@@ -111,7 +115,7 @@ def bubble_chart(data, out_base, *, max_area: float, min_area: float) -> list[Pa
         area = min_area if not m["params_M"] else min_area + (max_area - min_area) * math.sqrt(m["params_M"] / biggest)
         params = f"{m['params_M']:.1f}M" if m["params_M"] and m["params_M"] < 10 else (
             f"{m['params_M']:.0f}M" if m["params_M"] else "params n/a")
-        ax.scatter(xs, ys, s=area, color=cmap(i % 10), alpha=0.65, edgecolors="k" if m["ours"] else "none",
+        ax.scatter(xs, ys, s=area, color=colour, alpha=0.65, edgecolors="k" if m["ours"] else "none",
                    linewidths=1.2 if m["ours"] else 0, marker="D" if m["ours"] else "o",
                    label=f"{label} [{params}]")
     ax.set_xticks(range(len(families)), families)
@@ -170,7 +174,13 @@ def curves_figure(panels: list[dict], out_base) -> list[Path]:
             steps, values = zip(*points)
             ax.plot(steps, values, label=label, linewidth=1.2)
         if panel.get("log_y") and all(v > 0 for pts in panel["series"].values() for _, v in pts):
+            from matplotlib.ticker import FuncFormatter
+
             ax.set_yscale("log")
+            # plain numbers (0.6, 2) instead of 6x10^-1 on log axes
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))
+            # label only the 2x and 5x minor ticks: all eight collide near each decade
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _pos: f"{v:g}" if f"{v:.0e}"[0] in "25" else ""))
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.18), frameon=False, ncol=1)
     fig.suptitle("Training curves (MLflow)", fontsize=11)

@@ -145,7 +145,7 @@ def table1(data: ReportData) -> Table:
                                     decimals=data.decimals)
             records.append({"table": 1, "dataset": ds, "tokenizer": tok, "quantity": metric, **record})
             rows.append([tok, label, *cells, method or NO_VALUE])
-    notes = [f"Dataset: {ds}. Token usage = share of the vocabulary used when tokenizing the dataset; "
+    notes = [f"Dataset: {ds}{' †' if stand_in else ''}. Token usage = share of the vocabulary used when tokenizing the dataset; "
              "linear probe = logistic regression on mean-pooled frozen backbone features (test macro F1)."]
     if stand_in:
         notes.append("† " + STAND_IN_NOTE)
