@@ -1,1 +1,97 @@
 # Rules of the finetune stage (thin: inputs, outputs, resources, one CLI call).
+# prepare_dataset: one job per dataset (download/copy, checksum, validate -> parquet splits).
+# finetune: one job per tokenizer x dataset x grid point x seed, each in its own directory.
+# summarize_finetune: one job per tokenizer x dataset -> results/finetune/{tok}/{dataset}/summary.json,
+# the single-dataset target (`snakemake results/finetune/hrq/emp_H3/summary.json` re-runs just it).
+
+import re
+from pathlib import Path
+
+from vqdna.datasets.registry import load_registry
+from vqdna.finetune.grid import grid_points
+
+FT = config["finetune"]
+FT_DATASETS = load_registry(config)
+FT_POINTS = [p["point"] for p in grid_points(FT["grid"])]
+FT_SEEDS = [int(s) for s in FT["seeds"]]
+FT_PREP = config["datasets"]["prepared_dir"]
+FT_OUT = FT["out_dir"]
+FT_TOK_DIR = FT["tokenizer_dir"]
+FT_BACKBONE_DIR = FT["backbone_dir"]
+# (tokenizer, dataset) pairs: every dataset for finetune.tokenizers, Table 1 datasets for the rest
+FT_PAIRS = [(t, d) for t in FT["tokenizers"] for d in FT_DATASETS] + [
+    (t, d) for t in FT["table1_tokenizers"] if t not in FT["tokenizers"]
+    for d in FT["table1_datasets"] if d in FT_DATASETS
+]
+
+
+def _alternatives(names):
+    return "|".join(re.escape(n) for n in names) or "NONE"
+
+
+wildcard_constraints:
+    dataset=_alternatives(FT_DATASETS),
+    point=_alternatives(FT_POINTS),
+    seed=r"\d+",
+
+
+def dataset_source_files(wildcards):
+    """Local files a dataset is built from, so editing them re-runs its jobs (URLs: fetched in the job)."""
+    spec = FT_DATASETS[wildcards.dataset]
+    if spec.format == "species":
+        return [f for g in config["datasets"]["species"]["genomes"] for f in g["files"]]
+    src = Path(spec.source)
+    if spec.source.startswith(("http://", "https://", "file://")) or not src.is_dir():
+        return []
+    return sorted(str(p) for p in src.rglob("*") if p.is_file())
+
+
+rule prepare_dataset:
+    input:
+        dataset_source_files,
+    output:
+        directory(f"{FT_PREP}/{{dataset}}"),
+    log:
+        "logs/datasets/{dataset}.log",
+    resources:
+        **stage_resources("prepare-dataset"),
+    shell:
+        vqdna("prepare-dataset") + " --dataset {wildcards.dataset} --out {output} > {log} 2>&1"
+
+
+rule finetune:
+    input:
+        data=f"{FT_PREP}/{{dataset}}",
+        tokenizer=f"{FT_TOK_DIR}/{{tok}}/config.json",
+        backbone=f"{FT_BACKBONE_DIR}/{{tok}}/config.json",
+    output:
+        f"{FT_OUT}/{{tok}}/{{dataset}}/runs/{{point}}/seed{{seed}}/metrics.json",
+    log:
+        "logs/finetune/{tok}/{dataset}/{point}/seed{seed}.log",
+    resources:
+        **stage_resources("finetune"),
+    shell:
+        launcher("finetune") + " --tokenizer {wildcards.tok} --dataset {wildcards.dataset}"
+        " --point {wildcards.point} --seed {wildcards.seed} --data {input.data}"
+        f" --tokenizer-dir {FT_TOK_DIR}/{{wildcards.tok}} --backbone-dir {FT_BACKBONE_DIR}/{{wildcards.tok}}"
+        " --out {output} > {log} 2>&1"
+
+
+rule summarize_finetune:
+    input:
+        data=f"{FT_PREP}/{{dataset}}",
+        runs=lambda wc: expand(
+            f"{FT_OUT}/{wc.tok}/{wc.dataset}/runs/{{point}}/seed{{seed}}/metrics.json", point=FT_POINTS, seed=FT_SEEDS
+        ),
+    output:
+        f"{FT_OUT}/{{tok}}/{{dataset}}/summary.json",
+    log:
+        "logs/finetune/{tok}/{dataset}/summarize.log",
+    resources:
+        **stage_resources("summarize"),
+    shell:
+        vqdna("summarize") + " --tokenizer {wildcards.tok} --dataset {wildcards.dataset}"
+        f" --runs {FT_OUT}/{{wildcards.tok}}/{{wildcards.dataset}}/runs --data {{input.data}} --out {{output}} > {{log}} 2>&1"
+
+
+ALL_TARGETS.extend(f"{FT_OUT}/{t}/{d}/summary.json" for t, d in FT_PAIRS)

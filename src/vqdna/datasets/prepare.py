@@ -57,25 +57,25 @@ def describe(splits, spec) -> dict:
 
 
 def run(args, cfg) -> int:
-    from ..atomic import write_json  # noqa: F401 - store uses it
     from ..tracking import start_run
     from .store import write_prepared
 
     spec = get_spec(cfg, args.dataset)
+    # parse and validate before touching the tracking store: a bad file fails fast and alone
+    splits, stats, digests = load_dataset(spec, cfg)
+    for name in SPLITS:
+        if len(splits[name]) == 0:
+            raise InputError(spec.source, f"{spec.name}: {name} split is empty")
+    summary = describe(splits, spec)
+    meta = {
+        "dataset": spec.name, "family": spec.family, "task": spec.task, "metric": spec.metric,
+        "num_labels": spec.num_labels, "length": spec.length, "format": spec.format,
+        "source": spec.source, "sha256": digests, "demo_stand_in": spec.demo_stand_in,
+        "description": spec.description, "splits": summary, "loader": stats,
+    }
     with start_run(cfg, stage="prepare-dataset", name=f"prepare-dataset/{spec.name}",
                    params={"dataset": spec.name, "format": spec.format, "source": spec.source,
                            "demo_stand_in": spec.demo_stand_in, "non_acgt": cfg["datasets"]["non_acgt"]}) as run:
-        splits, stats, digests = load_dataset(spec, cfg)
-        for name in SPLITS:
-            if len(splits[name]) == 0:
-                raise InputError(spec.source, f"{spec.name}: {name} split is empty")
-        summary = describe(splits, spec)
-        meta = {
-            "dataset": spec.name, "family": spec.family, "task": spec.task, "metric": spec.metric,
-            "num_labels": spec.num_labels, "length": spec.length, "format": spec.format,
-            "source": spec.source, "sha256": digests, "demo_stand_in": spec.demo_stand_in,
-            "description": spec.description, "splits": summary, "loader": stats,
-        }
         write_prepared(args.out, splits, meta)
         run.log_metrics({f"{s}.n": summary[s]["n"] for s in SPLITS})
         run.log_dict(meta, "meta.json")

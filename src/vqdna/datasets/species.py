@@ -144,22 +144,12 @@ def build_species(spec: DatasetSpec, species_cfg: dict, *, seed: int) -> tuple[d
             if len(profiles) < few:  # only region-split genomes (few records) need the profile
                 profiles[(f, rid)] = valid_profile(seq)
         units, rule = assign_units(lengths, fractions, few, profiles)
-        wanted: dict[tuple[str, str], list[tuple[str, int]]] = {}
-        for k, split in enumerate(SPLITS):
-            rng = np.random.default_rng([seed, label, k, length])
-            draws = draw_windows(units[split], length, species_cfg["windows"][split], rng, oversample)
-            if not draws:
-                raise InputError(files[0], f"{g['name']}: no {split} record of at least {length} nt "
-                                 f"(split rule: {rule}); use shorter datasets.species.lengths")
-            for order, (u, start) in enumerate(draws):
-                wanted.setdefault((u.file, u.record), []).append((split, start, order))
-        got: dict[str, list[tuple[int, str]]] = {s: [] for s in SPLITS}
-        for f, rid, seq in _records(files):
-            for split, start, order in wanted.get((f, rid), []):
-                window = seq[start:start + length]
-                bad = float((to_codes(window) == INVALID).mean())
-                if bad <= max_bad:
-                    got[split].append((order, bytes(window).decode("ascii").upper()))
+        # Windows with too many N are skipped in draw order; if a split still lacks windows
+        # (a region that is mostly assembly gap), draw again with 4x the oversampling.
+        for factor in (1, 4, 16, 64):
+            got = _collect(files, units, length, species_cfg["windows"], seed, label, oversample * factor, max_bad, rule, g["name"])
+            if all(len(got[s]) >= species_cfg["windows"][s] for s in SPLITS):
+                break
         counts = {}
         for split in SPLITS:
             n = species_cfg["windows"][split]
@@ -179,6 +169,25 @@ def build_species(spec: DatasetSpec, species_cfg: dict, *, seed: int) -> tuple[d
         }
     out = {s: Split(seqs, np.asarray(labels, dtype=np.int64)) for s, (seqs, labels) in per_split.items()}
     return out, meta
+
+
+def _collect(files, units, length, windows, seed, label, oversample, max_bad, rule, name) -> dict[str, list[tuple[int, str]]]:
+    wanted: dict[tuple[str, str], list[tuple[str, int, int]]] = {}
+    for k, split in enumerate(SPLITS):
+        rng = np.random.default_rng([seed, label, k, length, oversample])
+        draws = draw_windows(units[split], length, windows[split], rng, oversample)
+        if not draws:
+            raise InputError(files[0], f"{name}: no {split} record of at least {length} nt "
+                             f"(split rule: {rule}); use shorter datasets.species.lengths")
+        for order, (u, start) in enumerate(draws):
+            wanted.setdefault((u.file, u.record), []).append((split, start, order))
+    got: dict[str, list[tuple[int, str]]] = {s: [] for s in SPLITS}
+    for f, rid, seq in _records(files):
+        for split, start, order in wanted.get((f, rid), []):
+            window = seq[start:start + length]
+            if float((to_codes(window) == INVALID).mean()) <= max_bad:
+                got[split].append((order, bytes(window).decode("ascii").upper()))
+    return got
 
 
 def _fill(window: str, rng: np.random.Generator) -> str:
