@@ -114,9 +114,9 @@ def run(args, cfg) -> int:
     results = Path(args.results)
     tables_dir, figures_dir = Path(args.tables), Path(args.figures)
     data = load_report_data(cfg, results)
+    tables = build_all(data)  # bad inputs (unknown dataset names, ...) fail before anything is logged
     with start_run(cfg, stage="aggregate", name="aggregate",
                    params={f"report.{k}": v for k, v in cfg["report"].items() if not isinstance(v, dict)}) as mlrun:
-        tables = build_all(data)
         assert [t.name for t in tables] == list(TABLES), "table list and names.TABLES disagree"
         for table in tables:
             for path in write_table(table, tables_dir):
