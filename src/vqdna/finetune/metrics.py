@@ -30,11 +30,15 @@ def classification_metrics(labels, logits_or_pred) -> dict[str, float]:
 
 
 def regression_metrics(targets, predictions) -> dict[str, float]:
+    import warnings
+
     from scipy.stats import spearmanr
 
     targets = np.asarray(targets, dtype=np.float64)
     predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
-    rho = spearmanr(targets, predictions).correlation
+    with warnings.catch_warnings():  # constant input: handled below
+        warnings.simplefilter("ignore")
+        rho = spearmanr(targets, predictions).correlation
     return {
         # a constant prediction has no rank order: scipy says nan, we report no correlation
         "spearman": 0.0 if rho is None or math.isnan(rho) else float(rho),
