@@ -122,7 +122,7 @@ def test_table1_and_table2_from_probe_and_summaries(tmp_path, paper):
     probes = {("hrq", "covid"): {"tokenizer": "hrq", "dataset": "covid", "token_usage_pct": 87.5,
                                  "linear_probe": {"test_f1_macro": 0.42},
                                  "model": {"backbone_params": 2.0e6, "tokenizer_params": 0.5e6,
-                                           "backbone_flops_512nt": 3.0e9, "tokenizer_flops_512nt": 1.0e9,
+                                           "backbone_flops": 3.0e9, "tokenizer_flops": 1.0e9,
                                            "pretrain_tokens": 2.0e9}}}
     data = make_data(paper, collect_summaries(tmp_path, ["vq", "hrq"]), probes=probes)
     t1 = table1(data)
@@ -237,3 +237,13 @@ def test_stand_in_is_marked(tmp_path, paper):
     text = to_markdown(tables["table5_emp"])
     assert "emp_H3 †" in text and "demo stand-in" in text
     assert "demo stand-in" not in to_markdown(tables["table3_pd_cpd_tfph"])
+
+
+def test_tokenizers_not_planned_on_every_dataset_appear_only_where_they_ran(tmp_path, paper):
+    write_summary(tmp_path, "hrq", "emp_H3", {"0": 0.8})
+    write_summary(tmp_path, "vq", "emp_H4", {"0": 0.7})
+    data = make_data(paper, collect_summaries(tmp_path, ["vq", "hrq"]), dataset_tokenizers=["hrq"])
+    table = dataset_table(data, 5)
+    assert {(r["dataset"], r["tokenizer"]) for r in table.records if r["tokenizer"] == "vq"} == {("emp_H4", "vq")}
+    assert len(records_by(table, tokenizer="hrq")) == 10  # planned: every EMP dataset, 9 of them missing
+    assert len(records_by(table, tokenizer="hrq", status="missing")) == 9

@@ -2,7 +2,8 @@
 #   probe        Table 1/2 measurements of one tokenizer on one dataset -> results/probe/{tok}/{dataset}.json
 #   aggregate    Tables 1-9 (csv/md/tex) and figures (png/svg)           -> results/tables/, results/figures/
 #   report_html  the Snakemake HTML report of the finished workflow     -> results/report.html
-# All logic is in src/vqdna/report/; output names in vqdna.report.names.
+# All logic is in src/vqdna/report/; output names in vqdna.report.names. Upstream locations come
+# from the finetune rules (FT_TOK_DIR, FT_BACKBONE_DIR, FT_PREP, FT_OUT), included before this file.
 
 import re
 
@@ -28,9 +29,9 @@ def _alternatives(names):
 
 rule probe:
     input:
-        tokenizer="results/tokenizers/{tok}/config.json",
-        backbone="results/pretrain/{tok}/config.json",
-        dataset="results/datasets/{dataset}/meta.json",
+        tokenizer=f"{FT_TOK_DIR}/{{tok}}/config.json",
+        backbone=f"{FT_BACKBONE_DIR}/{{tok}}/config.json",
+        dataset=f"{FT_PREP}/{{dataset}}",
     output:
         "results/probe/{tok}/{dataset}.json",
     log:
@@ -41,14 +42,14 @@ rule probe:
         **stage_resources("probe"),
     shell:
         vqdna("probe") + " --tok {wildcards.tok} --dataset {wildcards.dataset}"
-        " --tokenizer-dir results/tokenizers/{wildcards.tok} --pretrain-dir results/pretrain/{wildcards.tok}"
-        " --dataset-dir results/datasets/{wildcards.dataset} --out {output} > {log} 2>&1"
+        f" --tokenizer-dir {FT_TOK_DIR}/{{wildcards.tok}} --pretrain-dir {FT_BACKBONE_DIR}/{{wildcards.tok}}"
+        " --dataset-dir {input.dataset} --out {output} > {log} 2>&1"
 
 
 rule probe_codebook:
     input:
-        tokenizer="results/tokenizers/{tok}/config.json",
-        dataset="results/datasets/{dataset}/meta.json",
+        tokenizer=f"{FT_TOK_DIR}/{{tok}}/config.json",
+        dataset=f"{FT_PREP}/{{dataset}}",
     output:
         "results/probe/{tok}/{dataset}.json",
     log:
@@ -59,20 +60,20 @@ rule probe_codebook:
         **stage_resources("probe"),
     shell:
         vqdna("probe") + " --tok {wildcards.tok} --dataset {wildcards.dataset} --features codebook"
-        " --tokenizer-dir results/tokenizers/{wildcards.tok}"
-        " --dataset-dir results/datasets/{wildcards.dataset} --out {output} > {log} 2>&1"
+        f" --tokenizer-dir {FT_TOK_DIR}/{{wildcards.tok}} --dataset-dir {{input.dataset}} --out {{output}} > {{log}} 2>&1"
 
 
 def finetune_summaries(wildcards):
     """Every fine-tune summary the workflow builds (the finetune rules add them to ALL_TARGETS)."""
-    return sorted(t for t in ALL_TARGETS if re.fullmatch(r"results/finetune/[^/]+/[^/]+/summary\.json", t))
+    pattern = re.escape(FT_OUT) + r"/[^/]+/[^/]+/summary\.json"
+    return sorted(t for t in ALL_TARGETS if re.fullmatch(pattern, t))
 
 
 def figure5_inputs(wildcards):
     fig5 = REPORT["figure5"]
     if fig5["tokenizer"] not in TOKENIZER_NAMES:
         return []  # the figure says why it is empty
-    return [f"results/tokenizers/{fig5['tokenizer']}/config.json", f"results/datasets/{fig5['dataset']}/meta.json"]
+    return [f"{FT_TOK_DIR}/{fig5['tokenizer']}/config.json", f"{FT_PREP}/{fig5['dataset']}"]
 
 
 def _table_outputs():
@@ -95,7 +96,7 @@ rule aggregate:
         probes=expand("results/probe/{tok}/{dataset}.json", tok=REPORT_TOKENIZERS, dataset=PROBE_DATASET),
         ablation_probes=expand("results/probe/{tok}/{dataset}.json", tok=ABLATION_TOKENIZERS,
                                dataset=REPORT["ablations"]["probe_dataset"]),
-        tokenizer_metrics=expand("results/tokenizers/{tok}/metrics.json", tok=TOKENIZER_NAMES),
+        tokenizer_metrics=expand(f"{FT_TOK_DIR}/{{tok}}/metrics.json", tok=TOKENIZER_NAMES),
         figure5=figure5_inputs,
         paper=REPORT["paper_results"],
     output:
@@ -106,7 +107,7 @@ rule aggregate:
     resources:
         **stage_resources("aggregate"),
     shell:
-        vqdna("aggregate") + " --results results --tables results/tables --figures results/figures > {log} 2>&1"
+        vqdna("aggregate") + " --probe-dir results/probe --tables results/tables --figures results/figures > {log} 2>&1"
 
 
 # `snakemake --report` of the finished workflow, as the last job of `all` (report.html.build):

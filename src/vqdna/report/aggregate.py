@@ -2,9 +2,9 @@
 
     vqdna aggregate --config results/config.resolved.json
 
-Reads `results/finetune/*/*/summary.json`, `results/probe/*/*.json`,
-`results/tokenizers/*/metrics.json`, the HRQ tokenizer and the prepared Figure-5 dataset, and
-MLflow; writes `results/tables/*.{csv,md,tex}` and `results/figures/*.{png,svg}` (names in
+Reads the fine-tune summaries (`finetune.out_dir`), `results/probe/*/*.json`, tokenizer
+metrics (`finetune.tokenizer_dir`), the HRQ tokenizer and the prepared Figure-5 dataset
+(`datasets.prepared_dir`), and MLflow; writes `results/tables/*.{csv,md,tex}` and `results/figures/*.{png,svg}` (names in
 `vqdna.report.names`) and `results/tables/manifest.json` (what each table/figure was built from).
 """
 
@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser) -> None:
-    parser.add_argument("--results", default="results", help="results root (finetune/, probe/, tokenizers/, datasets/)")
+    parser.add_argument("--probe-dir", default="results/probe", help="outputs of `vqdna probe` ({tok}/{dataset}.json)")
     parser.add_argument("--tables", default="results/tables", help="output directory of the tables")
     parser.add_argument("--figures", default="results/figures", help="output directory of the figures")
     parser.add_argument("--skip-figures", action="store_true", help="tables only (fast)")
@@ -45,24 +45,34 @@ def ablation_variants(cfg: dict) -> list[str]:
     return sorted(set(names))
 
 
-def load_report_data(cfg: dict, results: str | Path):
+def upstream_dirs(cfg: dict) -> dict[str, Path]:
+    """Where the upstream stages write, from their config sections (defaults: results/...)."""
+    ft = cfg.get("finetune") or {}
+    return {
+        "finetune": Path(ft.get("out_dir", "results/finetune")),
+        "tokenizers": Path(ft.get("tokenizer_dir", "results/tokenizers")),
+        "datasets": Path((cfg.get("datasets") or {}).get("prepared_dir", "results/datasets")),
+    }
+
+
+def load_report_data(cfg: dict, probe_dir: str | Path = "results/probe"):
     from .inputs import collect_summaries, read_probe, read_tokenizer_metrics
     from .paper import load_paper_results
     from .tables import ReportData
 
     rcfg = cfg["report"]
-    results = Path(results)
+    dirs = upstream_dirs(cfg)
     tokenizers = report_tokenizers(cfg)
     everyone = sorted(set(tokenizers) | set(ablation_variants(cfg)))
-    summaries = collect_summaries(results / "finetune", everyone)
+    summaries = collect_summaries(dirs["finetune"], everyone)
     probes = {}
     for tok in everyone:
-        for path in sorted((results / "probe" / tok).glob("*.json")):
+        for path in sorted((Path(probe_dir) / tok).glob("*.json")):
             probe = read_probe(path)
             probes[(tok, path.stem)] = probe
     tok_metrics = {}
     for tok in everyone:
-        metrics = read_tokenizer_metrics(results / "tokenizers" / tok / "metrics.json")
+        metrics = read_tokenizer_metrics(dirs["tokenizers"] / tok / "metrics.json")
         if metrics is not None:
             tok_metrics[tok] = metrics
     return ReportData(
@@ -71,17 +81,25 @@ def load_report_data(cfg: dict, results: str | Path):
         tokenizer_metrics=tok_metrics, decimals=rcfg["decimals"], expected_seeds=rcfg["expected_seeds"],
         table1_dataset=rcfg["table1_dataset"], extra_datasets=dict(rcfg["extra_datasets"]),
         ablations=dict(rcfg["ablations"]),
+        dataset_tokenizers=_planned_on_all_datasets(cfg, tokenizers),
     )
 
 
-def build_figure5(cfg: dict, results: Path, out_base: Path) -> dict:
+def _planned_on_all_datasets(cfg: dict, tokenizers: list[str]) -> list[str] | None:
+    """Tokenizers the fine-tune stage runs on every dataset (`finetune.tokenizers`), None = all."""
+    planned = (cfg.get("finetune") or {}).get("tokenizers")
+    return None if planned is None else [t for t in tokenizers if t in planned]
+
+
+def build_figure5(cfg: dict, out_base: Path) -> dict:
     from ..datasets.store import read_split
     from .codebook_map import codebook_figure
     from .figures import placeholder_figure
 
     fcfg = cfg["report"]["figure5"]
-    tok_dir = results / "tokenizers" / fcfg["tokenizer"]
-    data_dir = results / "datasets" / fcfg["dataset"]
+    dirs = upstream_dirs(cfg)
+    tok_dir = dirs["tokenizers"] / fcfg["tokenizer"]
+    data_dir = dirs["datasets"] / fcfg["dataset"]
     title = f"Figure 5. {fcfg['tokenizer']} codebooks on {fcfg['dataset']} (UMAP), codes labelled by Grad-CAM class"
     if not (tok_dir / "config.json").exists() or not (data_dir / "meta.json").exists():
         why = f"not drawn: this run has no {tok_dir}" if not (tok_dir / "config.json").exists() else \
@@ -111,9 +129,8 @@ def run(args, cfg) -> int:
     from .render import write_table
     from .tables import build_all
 
-    results = Path(args.results)
     tables_dir, figures_dir = Path(args.tables), Path(args.figures)
-    data = load_report_data(cfg, results)
+    data = load_report_data(cfg, args.probe_dir)
     tables = build_all(data)  # bad inputs (unknown dataset names, ...) fail before anything is logged
     with start_run(cfg, stage="aggregate", name="aggregate",
                    params={f"report.{k}": v for k, v in cfg["report"].items() if not isinstance(v, dict)}) as mlrun:
@@ -128,7 +145,7 @@ def run(args, cfg) -> int:
             "probes": sorted(f"{tok}/{ds}" for tok, ds in data.probes),
         }
         if not args.skip_figures:
-            manifest["figures"] = build_figures(cfg, data, results, figures_dir)
+            manifest["figures"] = build_figures(cfg, data, figures_dir)
             for name in FIGURES:
                 for ext in ("png", "svg"):
                     mlrun.log_artifact(figures_dir / f"{name}.{ext}", "figures")
@@ -139,7 +156,7 @@ def run(args, cfg) -> int:
     return 0
 
 
-def build_figures(cfg: dict, data, results: Path, figures_dir: Path) -> dict:
+def build_figures(cfg: dict, data, figures_dir: Path) -> dict:
     from .figures import bubble_chart, curves_figure, fetch_curves
 
     rcfg = cfg["report"]
@@ -147,7 +164,7 @@ def build_figures(cfg: dict, data, results: Path, figures_dir: Path) -> dict:
     bubble_chart(data, figures_dir / "figure1_bubble", max_area=rcfg["figure1"]["max_area"],
                  min_area=rcfg["figure1"]["min_area"])
     out["figure1_bubble"] = {"drawn": True}
-    out["figure5_hrq_codebook_umap"] = build_figure5(cfg, results, figures_dir / "figure5_hrq_codebook_umap")
+    out["figure5_hrq_codebook_umap"] = build_figure5(cfg, figures_dir / "figure5_hrq_codebook_umap")
     panels = fetch_curves(cfg, rcfg["curves"]["panels"], rcfg["curves"]["max_runs"])
     curves_figure(panels, figures_dir / "training_curves")
     out["training_curves"] = {p["title"]: sorted(p["series"]) for p in panels}
