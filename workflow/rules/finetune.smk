@@ -50,18 +50,19 @@ rule prepare_dataset:
     input:
         dataset_source_files,
     output:
-        directory(f"{FT_PREP}/{{dataset}}"),
+        meta=f"{FT_PREP}/{{dataset}}/meta.json",
+        splits=expand(f"{FT_PREP}/{{{{dataset}}}}/{{split}}.parquet", split=("train", "dev", "test")),
     log:
         "logs/datasets/{dataset}.log",
     resources:
         **stage_resources("prepare-dataset"),
     shell:
-        vqdna("prepare-dataset") + " --dataset {wildcards.dataset} --out {output} > {log} 2>&1"
+        vqdna("prepare-dataset") + f" --dataset {{wildcards.dataset}} --out {FT_PREP}/{{wildcards.dataset}} > {{log}} 2>&1"
 
 
 rule finetune:
     input:
-        data=f"{FT_PREP}/{{dataset}}",
+        data=f"{FT_PREP}/{{dataset}}/meta.json",
         tokenizer=f"{FT_TOK_DIR}/{{tok}}/config.json",
         backbone=f"{FT_BACKBONE_DIR}/{{tok}}/config.json",
     output:
@@ -72,14 +73,14 @@ rule finetune:
         **stage_resources("finetune"),
     shell:
         launcher("finetune") + " --tokenizer {wildcards.tok} --dataset {wildcards.dataset}"
-        " --point {wildcards.point} --seed {wildcards.seed} --data {input.data}"
+        f" --point {{wildcards.point}} --seed {{wildcards.seed}} --data {FT_PREP}/{{wildcards.dataset}}"
         f" --tokenizer-dir {FT_TOK_DIR}/{{wildcards.tok}} --backbone-dir {FT_BACKBONE_DIR}/{{wildcards.tok}}"
         " --out {output} > {log} 2>&1"
 
 
 rule summarize_finetune:
     input:
-        data=f"{FT_PREP}/{{dataset}}",
+        data=f"{FT_PREP}/{{dataset}}/meta.json",
         runs=lambda wc: expand(
             f"{FT_OUT}/{wc.tok}/{wc.dataset}/runs/{{point}}/seed{{seed}}/metrics.json", point=FT_POINTS, seed=FT_SEEDS
         ),
@@ -91,7 +92,8 @@ rule summarize_finetune:
         **stage_resources("summarize"),
     shell:
         vqdna("summarize") + " --tokenizer {wildcards.tok} --dataset {wildcards.dataset}"
-        f" --runs {FT_OUT}/{{wildcards.tok}}/{{wildcards.dataset}}/runs --data {{input.data}} --out {{output}} > {{log}} 2>&1"
+        f" --runs {FT_OUT}/{{wildcards.tok}}/{{wildcards.dataset}}/runs --data {FT_PREP}/{{wildcards.dataset}}"
+        " --out {output} > {log} 2>&1"
 
 
 ALL_TARGETS.extend(f"{FT_OUT}/{t}/{d}/summary.json" for t, d in FT_PAIRS)
