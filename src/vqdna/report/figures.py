@@ -136,8 +136,11 @@ def bubble_chart(data, out_base, *, max_area: float, min_area: float) -> list[Pa
 # ---- training curves from MLflow -----------------------------------------------------------
 
 def fetch_curves(cfg, panels: Sequence[dict], max_runs: int) -> list[dict]:
-    """Per panel, {run name: [(step, value), ...]} of the metrics whose name contains one of the
-    panel's `contains` strings, from runs of the panel's stage in this pipeline's experiment."""
+    """Per panel, {"run: metric": [(step, value), ...]} of the metrics whose name fully matches one
+    of the panel's `metrics` regular expressions, from runs of the panel's stage in this pipeline's
+    experiment. Metrics logged once (final summaries) are not curves and are left out."""
+    import re
+
     from ..tracking import experiment_id, get_client, with_retries
 
     client = get_client(cfg)
@@ -150,7 +153,7 @@ def fetch_curves(cfg, panels: Sequence[dict], max_runs: int) -> list[dict]:
         series: dict[str, list] = {}
         for r in runs:
             name = r.data.tags.get("mlflow.runName", r.info.run_id[:8])
-            keys = sorted(k for k in r.data.metrics if any(s in k for s in panel["contains"]))
+            keys = sorted(k for k in r.data.metrics if any(re.fullmatch(p, k) for p in panel["metrics"]))
             for key in keys[: panel.get("max_metrics", 4)]:
                 hist = with_retries(lambda: client.get_metric_history(r.info.run_id, key), what="metric_history")
                 if len(hist) > 1:
