@@ -70,7 +70,7 @@ def to_markdown(table: Table) -> str:
 _LATEX_SPECIAL = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
     "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
-    "±": r"$\pm$", "—": "---", "Δ": r"$\Delta$", "×": r"$\times$", "†": r"$^\dagger$",
+    "±": r"$\pm$", "—": "---", "Δ": r"$\Delta$", "×": r"$\times$", "†": r"$^\dagger$", "−": r"$-$",
 }
 
 
