@@ -67,14 +67,18 @@ class TrainSettings:
     valid_windows: int
     valid_length: int | None
     eval_batch_rows: int
+    compile: bool = False
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainSettings":
+        import dataclasses
+
         names = cls.__dataclass_fields__
-        missing = [n for n in names if n not in d]
+        missing = [f.name for f in dataclasses.fields(cls)
+                   if f.name not in d and f.default is dataclasses.MISSING]
         if missing:
             raise KeyError(f"tokenizers.training lacks {missing}")
-        kw = {n: d[n] for n in names}
+        kw = {n: d[n] for n in names if n in d}
         kw["betas"] = tuple(kw["betas"])
         return cls(**kw)
 
@@ -164,6 +168,10 @@ def train_vq_tokenizer(
     seed_everything(seed)
     model = VQVAE(model_cfg).to(dev)
     fused = dev.type == "cuda"
+    if settings.compile and fused:
+        # in place (state_dict keys unchanged); the quantizer stays eager (data-dependent bincount/EMA)
+        model.encoder.compile(dynamic=False)
+        model.decoder.compile(dynamic=False)
     optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr,
                                   betas=settings.betas, fused=fused)
     train_model: torch.nn.Module = model

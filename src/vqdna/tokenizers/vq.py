@@ -53,6 +53,12 @@ class VQTokenizer(GenomeTokenizer):
         self.model.to(device)
         return self
 
+    def compile(self) -> "VQTokenizer":
+        """torch.compile the encoder and decoder in place (worth it on CUDA: fuses norms, GELU and transposes)."""
+        self.model.encoder.compile(dynamic=False)
+        self.model.decoder.compile(dynamic=False)
+        return self
+
     def config(self) -> dict:
         return {"kind": self.kind, "format": FORMAT, "model": self.model.config.to_dict(),
                 "levels": self.levels, "vocab_sizes": list(self.vocab_sizes), "dim": self.model.config.dim}
