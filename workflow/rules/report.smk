@@ -31,7 +31,7 @@ rule probe:
     input:
         tokenizer=f"{FT_TOK_DIR}/{{tok}}/config.json",
         backbone=f"{FT_BACKBONE_DIR}/{{tok}}/config.json",
-        dataset=f"{FT_PREP}/{{dataset}}",
+        dataset=f"{FT_PREP}/{{dataset}}/meta.json",
     output:
         "results/probe/{tok}/{dataset}.json",
     log:
@@ -43,13 +43,13 @@ rule probe:
     shell:
         vqdna("probe") + " --tok {wildcards.tok} --dataset {wildcards.dataset}"
         f" --tokenizer-dir {FT_TOK_DIR}/{{wildcards.tok}} --pretrain-dir {FT_BACKBONE_DIR}/{{wildcards.tok}}"
-        " --dataset-dir {input.dataset} --out {output} > {log} 2>&1"
+        f" --dataset-dir {FT_PREP}/{{wildcards.dataset}} --out {{output}} > {{log}} 2>&1"
 
 
 rule probe_codebook:
     input:
         tokenizer=f"{FT_TOK_DIR}/{{tok}}/config.json",
-        dataset=f"{FT_PREP}/{{dataset}}",
+        dataset=f"{FT_PREP}/{{dataset}}/meta.json",
     output:
         "results/probe/{tok}/{dataset}.json",
     log:
@@ -60,7 +60,8 @@ rule probe_codebook:
         **stage_resources("probe"),
     shell:
         vqdna("probe") + " --tok {wildcards.tok} --dataset {wildcards.dataset} --features codebook"
-        f" --tokenizer-dir {FT_TOK_DIR}/{{wildcards.tok}} --dataset-dir {{input.dataset}} --out {{output}} > {{log}} 2>&1"
+        f" --tokenizer-dir {FT_TOK_DIR}/{{wildcards.tok}} --dataset-dir {FT_PREP}/{{wildcards.dataset}}"
+        " --out {output} > {log} 2>&1"
 
 
 def finetune_summaries(wildcards):
@@ -73,7 +74,8 @@ def figure5_inputs(wildcards):
     fig5 = REPORT["figure5"]
     if fig5["tokenizer"] not in TOKENIZER_NAMES:
         return []  # the figure says why it is empty
-    return [f"{FT_TOK_DIR}/{fig5['tokenizer']}/config.json", f"{FT_PREP}/{fig5['dataset']}"]
+    # the prepared dataset's meta.json (vqdna.datasets.store) stands for its directory
+    return [f"{FT_TOK_DIR}/{fig5['tokenizer']}/config.json", f"{FT_PREP}/{fig5['dataset']}/meta.json"]
 
 
 def _table_outputs():
