@@ -125,3 +125,15 @@ def test_snakemake_finds_installed_profile_by_name(tmp_path):
     p = subprocess.run([sys.executable, "-c", code, str(ROOT)], env=env, capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
     assert Path(p.stdout.strip()).resolve() == (ROOT / "profiles" / "slurm" / "config.yaml").resolve()
+
+
+def test_conda_env_mirrors_pyproject():
+    import re
+    import tomllib
+
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    env = yaml.safe_load((ROOT / "workflow" / "envs" / "vqdna.yaml").read_text())["dependencies"]
+    names = {re.split(r"[<>=!]", d)[0] for d in env if isinstance(d, str)}
+    alias = {"torch": "pytorch", "snakemake": "snakemake-minimal", "matplotlib": "matplotlib-base"}
+    missing = [d for d in deps if alias.get(n := re.split(r"[<>=!\[ ]", d)[0], n) not in names]
+    assert not missing, f"pyproject dependencies missing from workflow/envs/vqdna.yaml: {missing}"
