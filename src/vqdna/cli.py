@@ -58,10 +58,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     # Let each stage add its own arguments: parse the stage name first.
-    known, _ = parser.parse_known_args(argv)
+    # (-h is held back until then, so `vqdna <stage> --help` lists the stage's own options too)
+    wants_help = any(a in ("-h", "--help") for a in argv)
+    known, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
     if known.stage is None:
         parser.print_help()
-        return 2
+        return 0 if wants_help else 2
     module = importlib.import_module(STAGES[known.stage][0])
     stage_parser = parser._subparsers._group_actions[0].choices[known.stage]  # type: ignore[union-attr]
     module.add_arguments(stage_parser)
