@@ -47,7 +47,10 @@ class SequenceModel(nn.Module):
         )
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # A batch without padding needs no attention mask: SDPA can then take its flash kernel.
+        # (`.all()` syncs with the GPU once per step; cheap next to the forward pass.)
+        backbone_mask = None if bool(attention_mask.all()) else attention_mask
+        hidden = self.backbone(input_ids=input_ids, attention_mask=backbone_mask).last_hidden_state
         pooled = pool(hidden, attention_mask, self.pooling, self.has_cls)
         return self.head(pooled.float())
 
@@ -57,14 +60,20 @@ def build_model(backbone_dir: str, num_labels: int, ft_cfg: dict, params: dict) 
     from ..models import LORA_TARGET_MODULES, VQDNAModel
 
     backbone = VQDNAModel.from_pretrained(backbone_dir)
-    hidden = backbone.config.hidden_size
+    return wrap_backbone(backbone, backbone.config.hidden_size, num_labels, ft_cfg, params, LORA_TARGET_MODULES)
+
+
+def wrap_backbone(backbone: nn.Module, hidden: int, num_labels: int, ft_cfg: dict, params: dict,
+                  target_modules) -> SequenceModel:
+    """LoRA (or full fine-tuning) + pooling + head around any encoder returning `last_hidden_state`
+    (also used by bench/finetune_bench.py for the stock-BERT comparison)."""
     mode = ft_cfg["mode"]
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 
         lcfg = ft_cfg["lora"]
         lora = LoraConfig(r=lcfg["r"], lora_alpha=lcfg["alpha"], lora_dropout=float(params.get("lora_dropout", lcfg["dropout"])),
-                          target_modules=list(LORA_TARGET_MODULES), bias="none")
+                          target_modules=target_modules, bias="none")
         backbone = get_peft_model(backbone, lora)  # freezes every base weight
     elif mode == "full":
         for p in backbone.parameters():

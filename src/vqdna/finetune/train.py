@@ -44,6 +44,30 @@ def lr_lambda(warmup: int, total: int):
     return f
 
 
+def train_step(model, ids, mask, target, opt, sched, *, task: str, ft_cfg: dict, device: torch.device) -> torch.Tensor:
+    """One optimisation step (shared with bench/finetune_bench.py); returns the detached loss."""
+    with autocast(device, ft_cfg["bf16"]):
+        out = model(ids, mask)
+    if task == "regression":
+        loss = F.mse_loss(out.float().squeeze(-1), target)
+    else:
+        loss = F.cross_entropy(out.float(), target)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if ft_cfg["max_grad_norm"]:
+        torch.nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], ft_cfg["max_grad_norm"])
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return loss.detach()
+
+
+def make_optimizer(model, params: dict, ft_cfg: dict, device: torch.device) -> torch.optim.Optimizer:
+    return torch.optim.AdamW(trainable_parameters(model), lr=float(params["lr"]),
+                             weight_decay=float(params.get("weight_decay", ft_cfg["weight_decay"])),
+                             betas=tuple(ft_cfg["betas"]), fused=device.type == "cuda")
+
+
 def fit(model, tokens: Sequence[np.ndarray], labels: np.ndarray, *, task: str, params: dict, ft_cfg: dict,
         backbone_config, device: torch.device, seed: int, progress: bool = True) -> FitResult:
     from tqdm import tqdm
@@ -61,14 +85,12 @@ def fit(model, tokens: Sequence[np.ndarray], labels: np.ndarray, *, task: str, p
     regression = task == "regression"
     y = np.asarray(labels, dtype=np.float64 if regression else np.int64)
     mean, std = (float(y.mean()), float(y.std()) or 1.0) if regression and ft_cfg["standardize_targets"] else (0.0, 1.0)
-    opt = torch.optim.AdamW(trainable_parameters(model), lr=float(params["lr"]),
-                            weight_decay=float(params.get("weight_decay", ft_cfg["weight_decay"])),
-                            betas=tuple(ft_cfg["betas"]), fused=device.type == "cuda")
+    opt = make_optimizer(model, params, ft_cfg, device)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(warmup, total))
     max_tokens = int(ft_cfg["train_max_tokens"]) - (1 if ft_cfg["add_cls"] else 0)
     model.train()
     t0 = time.perf_counter()
-    loss_value = float("nan")
+    last_loss = torch.tensor(float("nan"))
     bar = tqdm(total=total, desc="finetune", unit="step", disable=not progress, mininterval=2.0)
     step = 0
     for _ in range(epochs):
@@ -78,26 +100,18 @@ def fit(model, tokens: Sequence[np.ndarray], labels: np.ndarray, *, task: str, p
             batch = collate([random_crop(tokens[j], max_tokens, rng) for j in idx], backbone_config, add_cls=ft_cfg["add_cls"])
             ids = batch["input_ids"].to(device, non_blocking=True)
             mask = batch["attention_mask"].to(device, non_blocking=True)
-            with autocast(device, ft_cfg["bf16"]):
-                out = model(ids, mask)
             if regression:
                 target = torch.as_tensor((y[idx] - mean) / std, dtype=torch.float32, device=device)
-                loss = F.mse_loss(out.float().squeeze(-1), target)
             else:
-                loss = F.cross_entropy(out.float(), torch.as_tensor(y[idx], device=device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if ft_cfg["max_grad_norm"]:
-                torch.nn.utils.clip_grad_norm_(trainable_parameters(model), ft_cfg["max_grad_norm"])
-            opt.step()
-            sched.step()
+                target = torch.as_tensor(y[idx], device=device)
+            loss = train_step(model, ids, mask, target, opt, sched, task=task, ft_cfg=ft_cfg, device=device)
             step += 1
-            loss_value = float(loss.detach())
+            last_loss = loss
             bar.update(1)
-            bar.set_postfix(loss=f"{loss_value:.4f}", refresh=False)
+            if step % 20 == 0:  # reading the loss syncs with the GPU: not every step
+                bar.set_postfix(loss=f"{float(loss):.4f}", refresh=False)
     bar.close()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
+    loss_value = float(last_loss)
     return FitResult(steps=step, final_loss=loss_value, seconds=time.perf_counter() - t0, target_mean=mean, target_std=std)
 
 
