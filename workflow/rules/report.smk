@@ -46,20 +46,31 @@ rule probe:
         f" --dataset-dir {FT_PREP}/{{wildcards.dataset}} --out {{output}} > {{log}} 2>&1"
 
 
-rule probe_codebook:
+def _ablation_backbone(wildcards):
+    """Tables 7/8 probe the tokenizer variants on their codebooks unless configured otherwise."""
+    if REPORT["ablations"]["probe_features"] == "backbone":
+        return [f"{FT_BACKBONE_DIR}/{wildcards.tok}/config.json"]
+    return []
+
+
+rule probe_ablation:
     input:
         tokenizer=f"{FT_TOK_DIR}/{{tok}}/config.json",
         dataset=f"{FT_PREP}/{{dataset}}/meta.json",
+        backbone=_ablation_backbone,
     output:
         "results/probe/{tok}/{dataset}.json",
     log:
         "logs/probe/{tok}/{dataset}.log",
     wildcard_constraints:
         tok=_alternatives(ABLATION_TOKENIZERS),
+    params:
+        backbone=lambda wc, input: f"--pretrain-dir {FT_BACKBONE_DIR}/{wc.tok}" if input.backbone else "",
     resources:
         **stage_resources("probe"),
     shell:
-        vqdna("probe") + " --tok {wildcards.tok} --dataset {wildcards.dataset} --features codebook"
+        vqdna("probe") + " --tok {wildcards.tok} --dataset {wildcards.dataset}"
+        f" --features {REPORT['ablations']['probe_features']} {{params.backbone}}"
         f" --tokenizer-dir {FT_TOK_DIR}/{{wildcards.tok}} --dataset-dir {FT_PREP}/{{wildcards.dataset}}"
         " --out {output} > {log} 2>&1"
 

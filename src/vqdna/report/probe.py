@@ -32,7 +32,7 @@ def add_arguments(parser) -> None:
                         help="pretrained backbone (results/pretrain/{tok}); needed for features=backbone")
     parser.add_argument("--dataset-dir", required=True, help="prepared dataset (results/datasets/{dataset})")
     parser.add_argument("--features", choices=["backbone", "codebook"], default=None,
-                        help="override report.probe.features (codebook: tokenizer variants without a backbone)")
+                        help="features of this probe; default report.probe.features (the Table 7/8 rule passes report.ablations.probe_features)")
     parser.add_argument("--out", required=True, help="output JSON, e.g. results/probe/hrq/covid.json")
 
 
