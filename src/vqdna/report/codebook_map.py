@@ -159,7 +159,16 @@ def codebook_figure(tokenizer, splits: dict, out_base, fcfg: dict, *, seed: int,
     tokens = tokenizer.encode(seqs)
     code_labels = grad_cam_code_labels(vectors, tokens, labels, C=fcfg["C"], max_iter=fcfg["max_iter"], seed=seed)
     xy = umap_embedding(vectors, n_neighbors=fcfg["n_neighbors"], min_dist=fcfg["min_dist"], seed=seed)
-    names = list(class_names) if class_names else [f"class {c}" for c in code_labels.classes]
+    if class_names:
+        # names are given in label order: label value v is called class_names[v]
+        if any(not (0 <= int(c) < len(class_names)) for c in code_labels.classes):
+            from ..errors import ConfigError
+
+            raise ConfigError(f"report.figure5.class_names has {len(class_names)} names but the labels are "
+                              f"{[int(c) for c in code_labels.classes]}")
+        names = [str(class_names[int(c)]) for c in code_labels.classes]
+    else:
+        names = [f"class {c}" for c in code_labels.classes]
     level_names = [f"level {l + 1} ({len(v)} codes)" for l, v in enumerate(vectors)]
     paths = plot_codebook_map(xy, code_labels, names, out_base, title=title, show_unused=fcfg["show_unused"],
                               level_names=level_names)
