@@ -9,9 +9,11 @@ import numpy as np
 
 
 def encode_all(tokenizer, sequences: Sequence[str], batch: int = 256) -> list[np.ndarray]:
+    """Token arrays `[T, levels]` as int32 (ids are < 2^31; halves memory for 32k-nt species
+    windows); `collate` widens each batch to int64."""
     out: list[np.ndarray] = []
     for i in range(0, len(sequences), batch):
-        out.extend(np.asarray(a, dtype=np.int64) for a in tokenizer.encode(list(sequences[i:i + batch])))
+        out.extend(np.asarray(a, dtype=np.int32) for a in tokenizer.encode(list(sequences[i:i + batch])))
     return out
 
 
