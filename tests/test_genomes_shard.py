@@ -27,7 +27,7 @@ BAD = ROOT.parent / "shared" / "data" / "bad_inputs"
 def shards_cfg(**over):
     cfg = load_config([ROOT / "config" / "config.yaml"])["shards"]
     cfg = copy.deepcopy(cfg)
-    cfg.update({"window": 256, "stride": 256, "rows_per_shard": 200})
+    cfg.update({"window": 256, "stride": 256, "num_shards": {"train": 7, "valid": 2}})
     cfg["split"] = {**cfg["split"], **over.pop("split", {})}
     cfg.update(over)
     return cfg
@@ -169,8 +169,16 @@ def test_iupac_error_policy_names_record_and_base(tmp_path):
 
 def test_empty_valid_split_is_a_config_error(tmp_path):
     scfg = shards_cfg(split={"valid_fraction": 0.0})
-    with pytest.raises(ConfigError, match="valid"):
+    with pytest.raises(ConfigError, match="valid.*0 windows.*num_shards"):
         shard_everything(tmp_path, scfg)
+
+
+def test_shards_split_the_windows_evenly(tmp_path):
+    plan, manifest, _f, _o = shard_everything(tmp_path, shards_cfg())
+    for split, k in (("train", 7), ("valid", 2)):
+        rows = [s["rows"] for s in manifest["shards"] if s["split"] == split]
+        assert len(rows) == k and sum(rows) == plan["splits"][split]["windows"]
+        assert max(rows) - min(rows) <= 1
 
 
 @pytest.mark.parametrize("key,value,message", [

@@ -2,22 +2,25 @@
 # Thin: inputs, outputs, resources, one CLI call; all logic in src/vqdna/genomes/.
 #
 # Why four shard steps (so that deleting one shard re-makes only it, and a re-run does nothing):
+# the number of shards per split is a config key (shards.num_shards), so every shard file is
+# known when the DAG is built, before any genome is read; no checkpoint is needed.
 #   download_genome   one job per genome   -> resources/genomes/{acc}.fna.gz (+ {acc}.json: sha256, counts)
 #   genome_manifest   all genomes          -> resources/genomes/manifest.tsv
 #   shard_prepare     one job per genome   -> results/shards/prep/{acc}.seq (clean bases, read once)
 #                                             + {acc}.windows.npz (every window, its record and split)
-#   shard_plan        checkpoint           -> results/shards/plan.json: shards per split, fixed before
-#                                             any shard exists (rows i*R..(i+1)*R of each split's order)
+#   shard_plan        all genomes          -> results/shards/plan.json: window counts per genome and split;
+#                                             shard i of k holds rows i*n//k..(i+1)*n//k of the split's order
 #   shard_write       one job per shard    -> results/shards/{split}/{index:05d}.arrow, gathered from the
 #                                             memory-mapped .seq files (no second parse of any genome)
 #   shard_manifest    all planned shards   -> results/shards/manifest.json (counts, bases, sha256)
-# A missing shard has all its inputs (plan + prep files) in place and older, so Snakemake
-# re-makes that shard (and the manifest that lists its checksum) and nothing else.
-import json
+# Every shard file is itself a target (rule `shards`, and `all`): Snakemake re-makes a missing
+# file only when it is a target or feeds a job that must run anyway. A deleted shard thus
+# re-makes that shard and the manifest that lists its checksum, nothing else; the manifest comes
+# out byte-identical, so Snakemake's input checksums keep later stages from re-running.
+# (A checkpoint would not do: Snakemake 9 then misses a deleted shard when the manifest exists.)
 import re
 
 from vqdna.genomes.download import find_local
-from vqdna.genomes.plan import shard_names
 from vqdna.genomes.table import read_genome_table
 
 GENOME_ROWS = read_genome_table(config["genomes"]["table"])
@@ -83,7 +86,7 @@ rule shard_prepare:
         " --shards-dir " + SHARDS_DIR + " > {log} 2>&1"
 
 
-checkpoint shard_plan:
+rule shard_plan:
     input:
         expand(f"{SHARDS_DIR}/prep/{{accession}}.windows.npz", accession=GENOME_ACCESSIONS),
     output:
@@ -113,17 +116,17 @@ rule shard_write:
         " --shards-dir " + SHARDS_DIR + " > {log} 2>&1"
 
 
-def planned_shards(wildcards):
-    """Every shard the plan names (known once the shard_plan checkpoint has run)."""
-    with open(checkpoints.shard_plan.get().output[0]) as fh:
-        plan = json.load(fh)
-    return [f"{SHARDS_DIR}/{split}/{index:05d}.arrow" for split, index in shard_names(plan)]
+SHARD_FILES = [
+    f"{SHARDS_DIR}/{split}/{index:05d}.arrow"
+    for split in ("train", "valid")
+    for index in range(config["shards"]["num_shards"][split])
+]
 
 
 rule shard_manifest:
     input:
         plan=f"{SHARDS_DIR}/plan.json",
-        shards=planned_shards,
+        shards=SHARD_FILES,
     output:
         f"{SHARDS_DIR}/manifest.json",
     log:
@@ -134,4 +137,13 @@ rule shard_manifest:
         vqdna("shard") + " --step manifest --shards-dir " + SHARDS_DIR + " > {log} 2>&1"
 
 
-ALL_TARGETS.extend([f"{GENOMES_DIR}/manifest.tsv", f"{SHARDS_DIR}/manifest.json"])
+GENOME_TARGETS = [f"{GENOMES_DIR}/manifest.tsv", *SHARD_FILES, f"{SHARDS_DIR}/manifest.json"]
+
+
+rule shards:
+    """Download and shard the genomes (`snakemake -c2 shards`)."""
+    input:
+        GENOME_TARGETS,
+
+
+ALL_TARGETS.extend(GENOME_TARGETS)

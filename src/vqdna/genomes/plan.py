@@ -1,15 +1,15 @@
-"""Shard step 2 (Snakemake checkpoint): fix which windows go into which shard.
+"""Shard step 2: fix which windows go into which shard.
 
-The plan is small JSON: per genome the window counts per split, per split the number of
-shards. Shard `i` of a split holds rows `[i*R, (i+1)*R)` of that split's window order, which
-is genome-table order, or a seeded permutation of it (`shards.shuffle`, so that each shard
-mixes species). The permutation is recomputed from the seed by each shard writer, so the plan
+The number of shards per split comes from the config (`shards.num_shards`), so the shard
+files are known before any genome is read. The plan is small JSON: per genome the window
+counts per split. Shard `i` of `k` holds rows `[i*n//k, (i+1)*n//k)` of the split's window
+order, which is genome-table order, or a seeded permutation of it (`shards.shuffle`, so each
+shard mixes species). Each shard writer recomputes the permutation from the seed, so the plan
 stays small at any scale and every shard can be (re)written on its own.
 """
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
@@ -35,18 +35,18 @@ def build_plan(rows: list[GenomeRow], prep_dir: str | Path, shards_cfg: dict) ->
             "seq": str(seq_path), "index": str(index_path), "windows": counts,
             "bases": prepared.meta["bases"], "records": prepared.meta["records"],
         })
-    rows_per_shard = int(shards_cfg["rows_per_shard"])
     splits = {}
     for s in SPLITS:
-        if totals[s] == 0:
+        k = int(shards_cfg["num_shards"][s])
+        if totals[s] < k:
             raise ConfigError(
-                f"shards: split {s!r} gets no windows from these genomes (window "
-                f"{shards_cfg['window']}, valid_fraction {shards_cfg['split']['valid_fraction']}); "
-                "lower shards.window or change shards.split")
-        splits[s] = {"windows": totals[s], "shards": math.ceil(totals[s] / rows_per_shard)}
+                f"shards: split {s!r} gets {totals[s]} windows from these genomes, fewer than "
+                f"shards.num_shards.{s} = {k} (window {shards_cfg['window']}, valid_fraction "
+                f"{shards_cfg['split']['valid_fraction']}); lower num_shards or change shards.split")
+        splits[s] = {"windows": totals[s], "shards": k}
     return {
         "format": PLAN_FORMAT, "window": int(shards_cfg["window"]), "stride": int(shards_cfg["stride"]),
-        "rows_per_shard": rows_per_shard, "shuffle": bool(shards_cfg["shuffle"]),
+        "shuffle": bool(shards_cfg["shuffle"]),
         "shuffle_seed": int(shards_cfg["split"]["seed"]), "genomes": genomes, "splits": splits,
     }
 
@@ -66,10 +66,10 @@ def split_order(plan: dict, split: str) -> np.ndarray | None:
 
 def shard_rows(plan: dict, split: str, index: int, order: np.ndarray | None = None) -> np.ndarray:
     n = plan["splits"][split]["windows"]
-    r = plan["rows_per_shard"]
-    if not 0 <= index < plan["splits"][split]["shards"]:
-        raise ConfigError(f"shard {split}/{index:05d} is not in the plan ({plan['splits'][split]['shards']} shards)")
-    lo, hi = index * r, min((index + 1) * r, n)
+    k = plan["splits"][split]["shards"]
+    if not 0 <= index < k:
+        raise ConfigError(f"shard {split}/{index:05d} is not in the plan ({k} shards)")
+    lo, hi = index * n // k, (index + 1) * n // k
     if order is None:
         order = split_order(plan, split)
     return np.arange(lo, hi, dtype=np.int64) if order is None else order[lo:hi]

@@ -140,7 +140,7 @@ def build_manifest(plan: dict, shards_dir: Path, scfg: dict) -> dict:
                              f"{plan['splits'][s]['windows']}; re-run the shard step")
     return {
         "format": MANIFEST_FORMAT, "window": plan["window"], "stride": plan["stride"],
-        "rows_per_shard": plan["rows_per_shard"], "shuffle": plan["shuffle"], "splits": splits,
+        "shuffle": plan["shuffle"], "splits": splits,
         "genomes": [{k: g[k] for k in ("accession", "species", "category", "records", "bases", "windows")}
                     for g in plan["genomes"]],
         "shards": shards, "config": scfg,
