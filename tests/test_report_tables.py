@@ -250,3 +250,12 @@ def test_tokenizers_not_planned_on_every_dataset_appear_only_where_they_ran(tmp_
     assert {(r["dataset"], r["tokenizer"]) for r in table.records if r["tokenizer"] == "vq"} == {("emp_H4", "vq")}
     assert len(records_by(table, tokenizer="hrq")) == 10  # planned: every EMP dataset, 9 of them missing
     assert len(records_by(table, tokenizer="hrq", status="missing")) == 9
+
+
+def test_small_table2_numbers_keep_significant_digits():
+    from vqdna.report.render import fmt_number
+
+    assert fmt_number(0.0049, 2, significant=True) == "0.0049"
+    assert fmt_number(-0.0049, 2, sign=True, significant=True) == "-0.0049"
+    assert fmt_number(12.345, 2, significant=True) == "12.35"
+    assert fmt_number(0.0049, 2) == "0.00"

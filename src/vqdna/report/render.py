@@ -29,10 +29,15 @@ class Table:
                 raise ValueError(f"{self.name}: row {row} has {len(row)} cells, header has {len(self.header)}")
 
 
-def fmt_number(value: float | None, decimals: int, *, sign: bool = False) -> str:
+def fmt_number(value: float | None, decimals: int, *, sign: bool = False, significant: bool = False) -> str:
+    """Fixed decimals; with `significant`, values too small for them keep `decimals` significant
+    digits instead (a demo model's 0.0049 B tokens must not print as 0.00)."""
     if value is None:
         return NO_VALUE
-    return f"{value:+.{decimals}f}" if sign else f"{value:.{decimals}f}"
+    plus = "+" if sign else ""
+    if significant and value != 0 and abs(value) < 10 ** (1 - decimals):
+        return f"{value:{plus}.{max(decimals, 1)}g}"
+    return f"{value:{plus}.{decimals}f}"
 
 
 def fmt_mean_std(mean: float | None, std: float | None, n: int, decimals: int) -> str:

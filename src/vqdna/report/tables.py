@@ -57,7 +57,7 @@ def _status(n_seeds: int, expected: int) -> str:
 
 
 def compare(*, ours_mean: float | None, ours_std: float | None, n_seeds: int, paper: PaperValue | None,
-            paper_method: str | None, expected: int, decimals: int) -> tuple[dict, list[str]]:
+            paper_method: str | None, expected: int, decimals: int, significant: bool = False) -> tuple[dict, list[str]]:
     """Numbers (CSV record part) and display cells [ours, paper, Δ, status] of one comparison."""
     paper_num = paper.number if paper is not None else None
     diff = ours_mean - paper_num if (ours_mean is not None and paper_num is not None) else None
@@ -68,8 +68,9 @@ def compare(*, ours_mean: float | None, ours_std: float | None, n_seeds: int, pa
     }
     paper_cell = NO_VALUE if paper is None else (paper.raw if paper_num is None or "+" in paper.raw
                                                  else fmt_number(paper_num, decimals))
-    cells = [fmt_mean_std(ours_mean, ours_std, n_seeds, decimals), paper_cell,
-             fmt_number(diff, decimals, sign=True), record["status"]]
+    ours_cell = (fmt_number(ours_mean, decimals, significant=True) if significant and n_seeds == 1
+                 else fmt_mean_std(ours_mean, ours_std, n_seeds, decimals))
+    cells = [ours_cell, paper_cell, fmt_number(diff, decimals, sign=True, significant=significant), record["status"]]
     return record, cells
 
 
@@ -212,16 +213,16 @@ def table2(data: ReportData) -> Table:
                 backbone, tokenizer = parts[metric]
                 total = None if backbone is None else backbone + (tokenizer or 0.0)
                 if backbone is not None and tokenizer:
-                    shown = f"{backbone:.{data.decimals}f}+{tokenizer:.{data.decimals}f}"
+                    shown = (backbone, tokenizer)
             elif metric == "train_tokens_B":
                 total = _scale(lookup(probe, "model.pretrain_tokens"), 1e-9)
             else:
                 total = ranks.get(tok)
             record, cells = compare(ours_mean=total, ours_std=None, n_seeds=0 if total is None else 1,
                                     paper=data.paper.value(2, method, "all", metric), paper_method=method,
-                                    expected=1, decimals=data.decimals)
+                                    expected=1, decimals=data.decimals, significant=True)
             if shown is not None:
-                cells[0] = shown
+                cells[0] = "+".join(fmt_number(v, data.decimals, significant=True) for v in shown)
             records.append({"table": 2, "tokenizer": tok, "quantity": metric, **record})
             rows.append([tok, label, *cells, method or NO_VALUE])
     notes = [
