@@ -250,8 +250,10 @@ def test_demo_pipeline_through_slurm_profile(cluster, xdg, tmp_path):
     env["PYTHONPATH"] = str(onslurm / "src")
 
     # the reference: the same targets on this machine through profiles/local
-    ref = snakemake([*TARGETS, "--profile", "profiles/local", "--cores", "2", *cfg], local, env_local)
+    t0 = time.monotonic()
+    ref = snakemake([*FIRST, *TARGETS, "--profile", "profiles/local", "--cores", "2", *cfg], local, env_local)
     assert ref.returncode == 0, ref.log
+    print(f"[{time.monotonic() - t0:.0f}s] local reference run done")
 
     # the literal profile-name form resolves (dry run); GPU stages show their GPU in the job list
     subprocess.run([sys.executable, "-m", "vqdna", "install-profile"], cwd=onslurm, env=env, check=True,
@@ -269,6 +271,7 @@ def test_demo_pipeline_through_slurm_profile(cluster, xdg, tmp_path):
     assert jobs1, r1.log
     _assert_completed_batch_jobs(cluster, jobs1, onslurm)
     done_rules = {_rule_of(r) for r in _recs(cluster, jobs1)}
+    print(f"[{time.monotonic() - t0:.0f}s] slurm run 1: {len(jobs1)} jobs")
 
     # run 2: everything; one CANCEL_RULE job is cancelled while it runs (as a preemption would)
     args2 = [*TARGETS, "--profile", "profiles/slurm", *FAST, *cfg]
@@ -288,6 +291,7 @@ def test_demo_pipeline_through_slurm_profile(cluster, xdg, tmp_path):
     # resume: nothing finished in run 1 was submitted again
     again = {_rule_of(r) for r in recs2.values()} & done_rules
     assert not again, f"rules finished in run 1 were resubmitted: {again}\n{log2}"
+    print(f"[{time.monotonic() - t0:.0f}s] slurm run 2: {len(jobs2)} jobs, {victim} cancelled")
     _assert_completed_batch_jobs(cluster, {j: p for j, p in jobs2.items() if j != victim}, onslurm)
     if CANCEL_RULE == "train_tokenizer":  # the GPU the test config asks for reached Slurm
         tok = [r for r in recs2.values() if _rule_of(r) == "rule_train_tokenizer"]
@@ -300,11 +304,12 @@ def test_demo_pipeline_through_slurm_profile(cluster, xdg, tmp_path):
     recs3 = _recs(cluster, jobs3)
     assert [r["Comment"] for r in recs3] == [recs2[victim]["Comment"]], r3.log
     _assert_completed_batch_jobs(cluster, jobs3, onslurm)
+    print(f"[{time.monotonic() - t0:.0f}s] slurm run 3 (resume): {len(jobs3)} job")
 
     # the outputs equal the local run's, byte for byte
     a, b = _files(local), _files(onslurm)
     assert a, f"nothing to compare under {COMPARE} in the local run"
-    assert sorted(a) == sorted(b)
+    assert set(a) == set(b), f"only local: {sorted(set(a) - set(b))}; only Slurm: {sorted(set(b) - set(a))}"
     differ = [k for k in a if a[k] != b[k]]
     assert not differ, f"files differ between the local and the Slurm run: {differ}"
 
