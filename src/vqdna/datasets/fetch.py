@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import shutil
-import urllib.request
 from pathlib import Path
 
 from ..atomic import atomic_path, sha256_file
@@ -54,10 +52,13 @@ def split_files(spec: DatasetSpec) -> list[str]:
 
 
 def _download(url: str, dest: Path, timeout: float) -> None:
+    """The genome stage's resumable, retried streamer into `.part`, renamed when complete."""
+    from ..genomes.http_fetch import RetryPolicy, fetch_to_part
+
     log.info("downloading %s", url)
-    with atomic_path(dest) as tmp:
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:  # noqa: S310 - URLs come from the registry
-            shutil.copyfileobj(resp, out, length=1 << 20)
+    part = dest.with_name(f".{dest.name}.part")
+    fetch_to_part(url, part, policy=RetryPolicy(timeout_s=timeout))
+    part.replace(dest)
 
 
 def fetch_dataset(spec: DatasetSpec, dcfg: dict) -> tuple[Path, dict[str, str]]:
