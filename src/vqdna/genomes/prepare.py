@@ -19,7 +19,7 @@ import numpy as np
 from ..atomic import atomic_path
 from ..errors import InputError
 from .readers import iter_records
-from .windows import BadByte, WindowParams, batch_windows, stable_salt, unit_is_valid
+from .windows import BadByte, WindowParams, batch_windows, split_flags, stable_salt
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def prepare_genome(path: str | Path, accession: str, params: WindowParams, *, se
     with atomic_path(seq_out) as tmp_seq, open(tmp_seq, "wb") as out:
         for ids, seqs in _batches(path, batch_bases, fasta_reader, genbank_warnings):
             lengths = np.fromiter((len(s) for s in seqs), dtype=np.int64, count=len(seqs))
-            raw = np.frombuffer(b"".join(seqs), dtype=np.uint8)
+            raw = b"".join(seqs)
             rec_global = written + np.concatenate(([0], np.cumsum(lengths)[:-1]))
             try:
                 bw = batch_windows(raw, lengths, rec_global, params, salt)
@@ -125,14 +125,7 @@ def prepare_genome(path: str | Path, accession: str, params: WindowParams, *, se
 
 def _assign_split(accession: str, record_ids: list[str], records: np.ndarray, units: np.ndarray,
                   params: WindowParams) -> np.ndarray:
-    if not len(records):
-        return np.zeros(0, dtype=np.uint8)
-    keys = records * (1 << 32) + units
-    uniq, inverse = np.unique(keys, return_inverse=True)
-    flags = np.fromiter(
-        (unit_is_valid(params.seed, accession, record_ids[int(k >> 32)], int(k & 0xFFFFFFFF), params.valid_fraction)
-         for k in uniq), dtype=np.uint8, count=len(uniq))
-    return flags[inverse]
+    return split_flags(params.seed, accession, record_ids, records, units, params.valid_fraction)
 
 
 def load_prepared(index_path: str | Path) -> PreparedGenome:

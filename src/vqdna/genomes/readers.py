@@ -33,8 +33,19 @@ def is_gzip(path: str | Path) -> bool:
         return fh.read(2) == GZIP_MAGIC
 
 
+try:  # ISA-L inflate: same gzip format, about 3x faster than zlib (bench/shard_throughput.py)
+    from isal import igzip as _gzip_impl
+    from isal.igzip_lib import IsalError as _InflateError
+except ImportError:  # pragma: no cover - isal is a dependency; keep working without it
+    _gzip_impl = gzip
+    _InflateError = zlib.error
+
+# what a corrupt or truncated gzip raises, from either implementation
+GZIP_ERRORS = (EOFError, OSError, zlib.error, _InflateError)
+
+
 def open_binary(path: str | Path) -> BinaryIO:
-    return gzip.open(path, "rb") if is_gzip(path) else open(path, "rb")
+    return _gzip_impl.open(path, "rb") if is_gzip(path) else open(path, "rb")
 
 
 def sniff_format(path: str | Path) -> str:
@@ -45,7 +56,7 @@ def sniff_format(path: str | Path) -> str:
     try:
         with open_binary(path) as fh:
             head = fh.read(4096)
-    except (EOFError, OSError, zlib.error) as exc:
+    except GZIP_ERRORS as exc:
         raise InputError(path, f"corrupt or truncated gzip: {exc}") from None
     stripped = head.lstrip(_WHITESPACE)
     if not stripped:
@@ -92,7 +103,7 @@ def _iter_fasta_fast(path: Path) -> Iterator[tuple[str, bytes]]:
                 chunk = fh.read(READ_CHUNK)
                 if chunk and not chunk.endswith(b"\n"):
                     chunk += fh.readline()
-            except (EOFError, OSError, zlib.error) as exc:
+            except GZIP_ERRORS as exc:
                 raise _gzip_error(path, exc, last) from None
             eof = not chunk
             if not started and not eof:
@@ -161,7 +172,7 @@ def _iter_biopython(path: Path, fmt: str, genbank_warnings: str) -> Iterator[tup
                     rec = next(records)
                 except StopIteration:
                     break
-                except (EOFError, zlib.error, gzip.BadGzipFile) as exc:
+                except GZIP_ERRORS as exc:
                     raise _gzip_error(path, exc, last) from None
                 except UnicodeDecodeError as exc:
                     raise InputError(path, f"non-text bytes in a {fmt} file: {exc}", record=where) from None

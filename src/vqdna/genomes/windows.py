@@ -15,6 +15,7 @@ Per batch of records (concatenated), all steps are array operations:
 from __future__ import annotations
 
 import hashlib
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -35,6 +36,10 @@ for _c in "ACGT":
 _CLASS[ord("N")] = _CLASS[ord("n")] = N_BASE
 for _c in _COMPATIBLE:
     _CLASS[ord(_c)] = _CLASS[ord(_c.lower())] = IUPAC
+
+# the same two tables for bytes.translate (much faster than a numpy lookup per base)
+UPPER_TABLE = _UPPER.tobytes()
+CLASS_TABLE = _CLASS.tobytes()
 
 # replacement table: row = upper-case byte, columns = 3 candidate bases (cycled when fewer)
 _REPLACE = np.zeros((256, 3), dtype=np.uint8)
@@ -88,17 +93,14 @@ class BadByte(Exception):
         super().__init__(f"{kind} {bytes([byte])!r} at position {position}")
 
 
-def _runs(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Start and end (exclusive) of the runs of True in a bool array."""
-    edges = np.diff(np.concatenate(([0], mask.view(np.int8), [0])))
-    return np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)
-
-
-def _mark_runs(n: int, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    delta = np.zeros(n + 1, dtype=np.int32)
-    np.add.at(delta, starts, 1)
-    np.add.at(delta, ends, -1)
-    return np.cumsum(delta[:-1]) > 0
+def _runs(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of consecutive sorted positions -> (starts, ends exclusive)."""
+    if not positions.size:
+        return positions, positions
+    gaps = np.flatnonzero(np.diff(positions) > 1)
+    starts = np.concatenate((positions[:1], positions[gaps + 1]))
+    ends = np.concatenate((positions[gaps] + 1, positions[-1:] + 1))
+    return starts, ends
 
 
 def _position_hash(positions: np.ndarray, salt: int) -> np.ndarray:
@@ -115,60 +117,75 @@ def stable_salt(*parts: object) -> int:
     return int.from_bytes(digest, "little")
 
 
-def batch_windows(raw: np.ndarray, record_lengths: np.ndarray, record_offsets_global: np.ndarray,
+def batch_windows(raw: np.ndarray | bytes, record_lengths: np.ndarray, record_offsets_global: np.ndarray,
                   params: WindowParams, salt: int) -> BatchWindows:
     """Clean one batch of concatenated records and enumerate its windows.
 
+    Only a few passes touch every base (class and upper-case lookups, the N mask); everything
+    else works on the sparse positions of N runs, IUPAC codes, record and block edges.
     `record_offsets_global` is where each record starts in the whole genome (for the position
     hash of `replace`, so results do not depend on how records were batched).
     """
-    n = raw.shape[0]
-    cls = _CLASS[raw]
-    clean = _UPPER[raw]
-    bad = np.flatnonzero(cls == INVALID)
-    if bad.size:
-        raise BadByte(int(bad[0]), int(raw[bad[0]]), "not a nucleotide code")
-    is_n = cls == N_BASE
-    is_iupac = cls == IUPAC
+    raw_bytes = raw if isinstance(raw, bytes) else raw.tobytes()
+    n = len(raw_bytes)
+    cls_bytes = raw_bytes.translate(CLASS_TABLE)
+    clean = np.frombuffer(raw_bytes.translate(UPPER_TABLE), dtype=np.uint8).copy()
+    raw = np.frombuffer(raw_bytes, dtype=np.uint8)
     rec_starts = np.concatenate(([0], np.cumsum(record_lengths)[:-1])).astype(np.int64)
-    rec_of = np.repeat(np.arange(len(record_lengths), dtype=np.int64), record_lengths)
-    local = np.arange(n, dtype=np.int64) - rec_starts[rec_of]
 
-    if params.n_split_min_run > 1 and is_n.any():
-        n_starts, n_ends = _runs(is_n)
+    def record_of(pos: np.ndarray) -> np.ndarray:
+        return np.searchsorted(rec_starts, pos, side="right") - 1
+
+    n_pos = iupac_pos = np.zeros(0, dtype=np.int64)
+    first_bad = cls_bytes.find(bytes([INVALID]))
+    if first_bad >= 0:
+        raise BadByte(first_bad, int(raw[first_bad]), "not a nucleotide code")
+    cls = np.frombuffer(cls_bytes, dtype=np.uint8)
+    if bytes([N_BASE]) in cls_bytes:
+        n_pos = np.flatnonzero(cls == N_BASE)
+    if bytes([IUPAC]) in cls_bytes:
+        iupac_pos = np.flatnonzero(cls == IUPAC)
+    n_starts, n_ends = _runs(n_pos)
+    if params.n_split_min_run > 1 and n_starts.size:
         short = (n_ends - n_starts) < params.n_split_min_run
-        short_mask = _mark_runs(n, n_starts[short], n_ends[short])
-        is_n &= ~short_mask
-        is_iupac |= short_mask
-    n_iupac = int(is_iupac.sum())
-    n_n = int(is_n.sum())
+        if short.any():
+            lens = n_ends[short] - n_starts[short]
+            first = np.repeat(n_starts[short], lens)
+            short_pos = first + np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+            iupac_pos = np.union1d(iupac_pos, short_pos)
+            n_starts, n_ends = n_starts[~short], n_ends[~short]
+    n_n = int((n_ends - n_starts).sum())
+    n_iupac = int(iupac_pos.size)
 
     if n_iupac:
         if params.iupac_policy == "error":
-            first = int(np.flatnonzero(is_iupac)[0])
+            first = int(iupac_pos[0])
             raise BadByte(first, int(raw[first]), "IUPAC ambiguity code (shards.iupac_policy: error)")
         if params.iupac_policy == "replace":
-            pos = np.flatnonzero(is_iupac)
-            global_pos = record_offsets_global[rec_of[pos]] + local[pos]
-            codes = clean[pos]
+            recs = record_of(iupac_pos)
+            global_pos = record_offsets_global[recs] + (iupac_pos - rec_starts[recs])
+            codes = clean[iupac_pos]
             choice = (_position_hash(global_pos, salt) % _N_CHOICES[codes]).astype(np.intp)
-            # an N inside a short run stands for any base
-            is_plain_n = codes == ord("N")
             replaced = _REPLACE[codes, np.minimum(choice, 2)]
+            is_plain_n = codes == ord("N")  # an N of a short run stands for any base
             replaced[is_plain_n] = np.frombuffer(b"ACGT", dtype=np.uint8)[choice[is_plain_n] % 4]
-            clean[pos] = replaced
-            is_iupac[:] = False
+            clean[iupac_pos] = replaced
+            iupac_pos = np.zeros(0, dtype=np.int64)
 
-    good = ~is_n
-    seg_cut = local == 0
+    # segment edges: record starts, block starts (split by block), N run starts and ends
+    cuts = [rec_starts, n_starts, n_ends, np.array([n], dtype=np.int64)]
     if params.split_by == "block":
-        seg_cut |= (local % params.block_size) == 0
-    prev_good = np.concatenate(([False], good[:-1]))
-    seg_start = np.flatnonzero(good & (~prev_good | seg_cut))
-    # a segment ends where the next position is bad or starts a new record/block
-    next_cut = np.concatenate((seg_cut[1:], [True]))
-    next_good = np.concatenate((good[1:], [False]))
-    seg_end = np.flatnonzero(good & (~next_good | next_cut)) + 1
+        nblocks = -(-record_lengths // params.block_size)
+        first_block = np.repeat(np.cumsum(nblocks) - nblocks, nblocks)
+        k = np.arange(int(nblocks.sum()), dtype=np.int64) - first_block
+        cuts.append(np.repeat(rec_starts, nblocks) + k * params.block_size)
+    edges = np.unique(np.concatenate(cuts))
+    seg_start, seg_end = edges[:-1], edges[1:]
+    if n_starts.size:
+        # an interval between two edges lies either inside one N run or outside all of them
+        run = np.searchsorted(n_starts, seg_start, side="right") - 1
+        inside_n = (run >= 0) & (seg_start < n_ends[np.maximum(run, 0)])
+        seg_start, seg_end = seg_start[~inside_n], seg_end[~inside_n]
     seg_len = seg_end - seg_start
     w, s = params.window, params.stride
     per_seg = np.where(seg_len >= w, (seg_len - w) // s + 1, 0)
@@ -177,22 +194,30 @@ def batch_windows(raw: np.ndarray, record_lengths: np.ndarray, record_offsets_gl
     starts = np.repeat(seg_start, per_seg) + (np.arange(total, dtype=np.int64) - first_idx) * s
 
     dropped = 0
-    if n_iupac and params.iupac_policy == "drop" and total:
-        cs = np.concatenate(([0], np.cumsum(is_iupac, dtype=np.int64)))
-        keep = cs[starts + w] == cs[starts]
+    if iupac_pos.size and params.iupac_policy == "drop" and total:
+        hits = np.searchsorted(iupac_pos, starts + w) - np.searchsorted(iupac_pos, starts)
+        keep = hits == 0
         dropped = int((~keep).sum())
         starts = starts[keep]
-    records = rec_of[starts] if starts.size else np.zeros(0, dtype=np.int64)
-    local_starts = local[starts] if starts.size else np.zeros(0, dtype=np.int64)
+    records = record_of(starts)
+    local_starts = starts - rec_starts[records]
     units = local_starts // params.block_size if params.split_by == "block" else np.zeros_like(local_starts)
-    return BatchWindows(clean=clean, starts=starts.astype(np.int64), records=records,
+    return BatchWindows(clean=clean, starts=starts.astype(np.int64), records=records.astype(np.int64),
                         local_starts=local_starts, units=units, n_bases=n, n_n=n_n,
                         n_iupac=n_iupac, n_dropped_windows=dropped)
 
 
+def split_flags(seed: int, accession: str, record_ids: list[str], records: np.ndarray, units: np.ndarray,
+                valid_fraction: float) -> np.ndarray:
+    """Seeded, order-independent train(0)/valid(1) assignment of split units (record, block)."""
+    if not len(records) or valid_fraction <= 0:
+        return np.zeros(len(records), dtype=np.uint8)
+    record_hash = np.fromiter((zlib.crc32(r.encode()) for r in record_ids), dtype=np.uint64, count=len(record_ids))
+    keys = (record_hash[records] << np.uint64(32)) ^ units.astype(np.uint64)
+    u = _position_hash(keys, stable_salt("split", seed, accession)) >> np.uint64(11)
+    return (u.astype(np.float64) / float(1 << 53) < valid_fraction).astype(np.uint8)
+
+
 def unit_is_valid(seed: int, accession: str, record_id: str, unit: int, valid_fraction: float) -> bool:
-    """Seeded, order-independent train/valid assignment of one split unit (record or block)."""
-    if valid_fraction <= 0:
-        return False
-    u = stable_salt("split", seed, accession, record_id, unit) / 2.0**64
-    return u < valid_fraction
+    """One unit's split (True = valid); the same rule as `split_flags`."""
+    return bool(split_flags(seed, accession, [record_id], np.zeros(1, np.int64), np.array([unit]), valid_fraction)[0])
