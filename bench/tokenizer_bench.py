@@ -37,6 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from vqdna.tokenizers.convnext import ConvNeXtBlock1d  # noqa: E402
 from vqdna.tokenizers.model import VQModelConfig, VQVAE  # noqa: E402
 from vqdna.tokenizers.vq import VQTokenizer  # noqa: E402
 
@@ -56,9 +57,11 @@ def parse_args():
     p.add_argument("--encode-len", type=int, default=512)
     p.add_argument("--train-batch", type=int, default=1024)
     p.add_argument("--train-len", type=int, default=256)
-    p.add_argument("--variants", default="eager,compiled")
+    p.add_argument("--variants", default="eager,compiled,compiled_bf16",
+                   help="eager | compiled (torch.compile, shifted-sum depth-wise conv) | compiled_conv (cuDNN "
+                        "depth-wise conv inside the compiled graph) | compiled_bf16 (encoding only: encoder weights in bf16)")
     p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--run-seconds", type=float, default=120.0, help="time budget of the bench-size training run")
+    p.add_argument("--run-seconds", type=float, default=90.0, help="time budget of the bench-size training run")
     p.add_argument("--run-lr", type=float, default=1e-3)
     p.add_argument("--run-compile", action="store_true", help="compile in the bench-size run")
     p.add_argument("--budget-s", type=float, default=370.0, help="skip phases that would not fit in this total")
@@ -122,12 +125,18 @@ def random_dna(batch: int, length: int, device: str) -> torch.Tensor:
     return torch.randint(0, 4, (batch, length), device=device, dtype=torch.uint8)
 
 
-def bench_encode(c: dict, batches: list[int], length: int, device: str, reps: int, compiled: bool, flops: dict,
+def prepare_tokenizer(tok: VQTokenizer, variant: str) -> VQTokenizer:
+    if "bf16" in variant:
+        tok.model.encoder.to(torch.bfloat16)  # codebooks and distances stay fp32
+    if variant.startswith("compiled"):
+        tok.compile()
+    return tok
+
+
+def bench_encode(c: dict, batches: list[int], length: int, device: str, reps: int, variant: str, flops: dict,
                  peak: float | None) -> list[dict]:
     torch.manual_seed(0)
-    tok = VQTokenizer(VQVAE(VQModelConfig(**c))).to(device)
-    if compiled:
-        tok.compile()
+    tok = prepare_tokenizer(VQTokenizer(VQVAE(VQModelConfig(**c))).to(device), variant)
     rows = []
     for b in batches:
         x = random_dna(b, length, device)
@@ -141,7 +150,7 @@ def bench_encode(c: dict, batches: list[int], length: int, device: str, reps: in
         tflops = nt_s * flops["encode"] / 1e12
         rows.append({"batch": b, "length": length, "seconds": sec, "nt_per_s": nt_s, "tflops": tflops,
                      "mfu": tflops * 1e12 / peak if peak else None})
-        print(f"  encode {'compiled' if compiled else 'eager':8s} B={b:5d} L={length}: {nt_s / 1e6:8.2f} M nt/s "
+        print(f"  encode {variant:14s} B={b:5d} L={length}: {nt_s / 1e6:8.2f} M nt/s "
               f"{tflops:7.1f} TFLOP/s", flush=True)
     return rows
 
@@ -173,7 +182,7 @@ def bench_train_step(c: dict, batch: int, length: int, device: str, reps: int, c
     mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
     row = {"batch": batch, "length": length, "seconds_per_step": sec, "nt_per_s": nt_s, "tflops": tflops,
            "mfu": tflops * 1e12 / peak if peak else None, "max_memory_gib": mem}
-    print(f"  train  {'compiled' if compiled else 'eager':8s} B={batch:5d} L={length}: {nt_s / 1e6:8.2f} M nt/s "
+    print(f"  train  {'compiled' if compiled else 'eager':14s} B={batch:5d} L={length}: {nt_s / 1e6:8.2f} M nt/s "
           f"{tflops:7.1f} TFLOP/s  {sec * 1e3:7.1f} ms/step", flush=True)
     return row
 
@@ -220,12 +229,32 @@ def bench_run(c: dict, args, step_seconds: float | None, work: Path) -> dict:
                                  log_metrics=lambda m, step: (log.append({"step": step, **m}),
                                                               print(f"  step {step}: {m}", flush=True)))
     wall = time.time() - t
-    return {"settings": {k: v for k, v in s.__dict__.items()}, "wall_seconds": wall,
+    agreement = code_agreement(work / "tok", args, args.device)
+    return {"agreement": agreement, "settings": {k: v for k, v in s.__dict__.items()}, "wall_seconds": wall,
             "train_nucleotides": metrics["train_nucleotides_this_run"],
             "train_seconds": metrics["train_seconds_this_run"],
             "valid_reconstruction_accuracy": metrics["valid_reconstruction_accuracy"],
             "valid_windows": metrics["valid_windows"], "valid_nucleotides": metrics["valid_nucleotides"],
             "usage_pct": metrics["usage_pct"], "perplexity": metrics["perplexity"], "log": log}
+
+
+def code_agreement(tok_dir: Path, args, device: str) -> dict:
+    """Share of held-out positions whose code is the same as with the eager fp32/autocast reference."""
+    from vqdna.genomes.shards_io import list_shards, read_codes
+
+    windows = torch.from_numpy(read_codes(list_shards(args.shards, "valid")[0])[:512])
+    ref = VQTokenizer.from_pretrained(tok_dir, device=device).encode_codes(windows)
+    out = {}
+    variants = ["eager_bf16", "eager_fp32"] if device == "cuda" else ["eager_fp32"]
+    for variant in variants:
+        tok = VQTokenizer.from_pretrained(tok_dir, device=device, autocast=variant != "eager_fp32")
+        try:
+            codes = prepare_tokenizer(tok, variant).encode_codes(windows)
+            out[variant] = float((codes == ref).float().mean())
+        except Exception as exc:  # noqa: BLE001
+            out[variant] = f"{type(exc).__name__}: {exc}"[:500]
+    print(f"  code agreement with eager autocast: {out}", flush=True)
+    return out
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -331,18 +360,22 @@ def main() -> int:
     for variant in variants:
         if variant == "compiled" and device != "cuda":
             continue
-        if left() < args.run_seconds + 90:
+        if left() < args.run_seconds + (200 if args.run_compile else 90):
             print(f"  skipping {variant}: {left():.0f} s left", flush=True)
             continue
         try:
+            ConvNeXtBlock1d.depthwise_impl = "conv" if variant == "compiled_conv" else "auto"
             result["encode"][variant] = bench_encode(c, batches, args.encode_len, device, args.reps,
-                                                     variant == "compiled", flops, peak)
+                                                     variant, flops, peak)
             save()
-            result["train_step"][variant] = bench_train_step(c, args.train_batch, args.train_len, device, args.reps,
-                                                             variant == "compiled", flops, peak)
+            if "bf16" not in variant:
+                result["train_step"][variant] = bench_train_step(
+                    c, args.train_batch, args.train_len, device, args.reps, variant.startswith("compiled"), flops, peak)
         except Exception as exc:  # noqa: BLE001 - a failed variant must not lose the others
             result.setdefault("errors", {})[variant] = f"{type(exc).__name__}: {exc}"[:2000]
             print(f"  {variant} failed: {exc}", flush=True)
+        finally:
+            ConvNeXtBlock1d.depthwise_impl = "auto"
         result["phases_done"].append(variant)
         save()
 

@@ -157,3 +157,18 @@ def test_config_rejects_mismatched_levels():
         VQModelConfig(kind="vq", taps=[3, 6], codebook_sizes=[8, 16])
     with pytest.raises(ValueError):
         VQModelConfig(kind="hrq", taps=[3, 6], codebook_sizes=[8])
+
+
+@pytest.mark.parametrize("transposed", [False, True])
+def test_shifted_sum_depthwise_equals_the_convolution(transposed):
+    from vqdna.tokenizers.convnext import ConvNeXtBlock1d
+
+    torch.manual_seed(5)
+    block = ConvNeXtBlock1d(6, 7, 2, 0.5, transposed=transposed)
+    x = torch.randn(3, 11, 6)
+    block.depthwise_impl = "conv"
+    ref = block.depthwise(x)
+    block.depthwise_impl = "shift"
+    assert torch.allclose(block.depthwise(x), ref, atol=1e-5)
+    block.depthwise_impl = "auto"  # eager -> the convolution
+    assert torch.equal(block.depthwise(x), ref)

@@ -18,7 +18,14 @@ class ConvNeXtBlock1d(nn.Module):
 
     `transposed=True` uses a 1D deconvolution for the depth-wise layer (the paper's decoder
     "uses 1D deconvolution layers instead"); with stride 1 it keeps the length.
+
+    The depth-wise layer has two implementations of the same function (same parameters):
+    cuDNN/ATen convolution on `[B, C, L]` (two transposes around it), or a sum of k shifted
+    channels-last products that torch.compile fuses with the LayerNorm into one memory pass.
+    `depthwise_impl`: "auto" (shifted sum while compiling, convolution in eager mode), "conv", "shift".
     """
+
+    depthwise_impl = "auto"
 
     def __init__(self, dim: int, kernel_size: int = 7, mlp_ratio: int = 4,
                  layer_scale_init: float = 1e-6, transposed: bool = False):
@@ -31,8 +38,26 @@ class ConvNeXtBlock1d(nn.Module):
         # ConvNeXt layer scale: each block starts close to the identity
         self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init))) if layer_scale_init > 0 else None
 
+    def depthwise(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, L, C]
+        impl = self.depthwise_impl
+        if impl == "auto":
+            impl = "shift" if torch.compiler.is_compiling() else "conv"
+        if impl == "conv":
+            return self.dwconv(x.transpose(1, 2)).transpose(1, 2)
+        # conv1d: y[l] = sum_j w[j]·x[l−p+j]; the stride-1 transposed conv is the same with w flipped
+        weight = self.dwconv.weight[:, 0, :]
+        if isinstance(self.dwconv, nn.ConvTranspose1d):
+            weight = weight.flip(-1)
+        k = weight.shape[-1]
+        length = x.shape[1]
+        padded = F.pad(x, (0, 0, k // 2, k // 2))
+        y = self.dwconv.bias
+        for j in range(k):  # k = 7 taps, not a loop over positions
+            y = y + padded[:, j:j + length, :] * weight[:, j]
+        return y
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, L, C]
-        y = self.dwconv(x.transpose(1, 2)).transpose(1, 2)
+        y = self.depthwise(x)
         y = self.fc2(F.gelu(self.fc1(self.norm(y))))
         if self.gamma is not None:
             y = y * self.gamma

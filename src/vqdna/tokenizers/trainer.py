@@ -170,8 +170,8 @@ def train_vq_tokenizer(
     fused = dev.type == "cuda"
     if settings.compile and fused:
         # in place (state_dict keys unchanged); the quantizer stays eager (data-dependent bincount/EMA)
-        model.encoder.compile(dynamic=False)
-        model.decoder.compile(dynamic=False)
+        model.encoder.compile()
+        model.decoder.compile()
     optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr,
                                   betas=settings.betas, fused=fused)
     train_model: torch.nn.Module = model

@@ -55,8 +55,8 @@ class VQTokenizer(GenomeTokenizer):
 
     def compile(self) -> "VQTokenizer":
         """torch.compile the encoder and decoder in place (worth it on CUDA: fuses norms, GELU and transposes)."""
-        self.model.encoder.compile(dynamic=False)
-        self.model.decoder.compile(dynamic=False)
+        self.model.encoder.compile()
+        self.model.decoder.compile()
         return self
 
     def config(self) -> dict:
