@@ -4,7 +4,12 @@ Both models get the same shapes (BERT-base, length 256, the same vocabulary of t
 plus [PAD]/[MASK]/[CLS], 25% masking, dropout 0.1 on hidden states and none on attention),
 bf16 autocast over fp32 master weights and fused AdamW, in the same process. Stock =
 `BertForMaskedLM` with `attn_implementation="sdpa"`, no attention mask (its best case).
-vqdna variants: eager, and the encoder under `torch.compile`; each at the batch sizes given.
+vqdna variants (each at the batch sizes given):
+  vqdna                eager, bf16 autocast
+  vqdna_compiled       encoder blocks under torch.compile (one graph shared by all blocks)
+  vqdna_compiled_full  the whole encoder (embedding, blocks, final norm) as one compiled graph
+  vqdna_bf16           bf16 weights and activations, fp32 master weights + fused AdamW
+                       (vqdna.models.optim.MasterWeightAdamW), whole encoder compiled
 
     PYTHONPATH=src python bench/pretrain_bench.py --device cuda --out bench/results/pretrain_h100.json
     PYTHONPATH=src python bench/pretrain_bench.py --tiny --device cpu      # smoke test
@@ -41,6 +46,7 @@ def parse_args():
     p.add_argument("--steps", type=int, default=20, help="timed steps per variant")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant (compile happens here)")
     p.add_argument("--variants", default="stock,vqdna,vqdna_compiled")
+    p.add_argument("--profile", default=None, help="VARIANT@BATCH: print the top CUDA kernels of that run")
     p.add_argument("--out", default=None, help="JSON file to write")
     return p.parse_args()
 
@@ -87,11 +93,21 @@ def sync(device):
 
 def time_variant(name, model, cfg, batch, seq, args, device) -> dict:
     stock = name == "stock"
+    pure_bf16 = name == "vqdna_bf16"
     if name == "vqdna_compiled":
-        model.vqdna.encoder.compile_layers()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01,
-                            fused=device.type == "cuda")
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+        model.vqdna.encoder.compile_layers(dynamic=False)
+    elif name in ("vqdna_compiled_full", "vqdna_bf16"):
+        model.vqdna.compile(dynamic=False)
+    adamw = dict(lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01, fused=device.type == "cuda")
+    if pure_bf16:
+        from vqdna.models.optim import MasterWeightAdamW
+
+        model.to(torch.bfloat16)
+        opt = MasterWeightAdamW([{"params": list(model.parameters())}], **adamw)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), **adamw)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                              enabled=device.type == "cuda" and not pure_bf16)
     gen = torch.Generator(device=device).manual_seed(0)
     model.train()
 
@@ -125,6 +141,16 @@ def time_variant(name, model, cfg, batch, seq, args, device) -> dict:
             t = time.perf_counter()
             losses.append(step().detach())
             times.append(time.perf_counter() - t)
+    if args.profile == f"{name}@{batch}":
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            for _ in range(3):
+                step()
+            sync(device)
+        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70))
     med = statistics.median(times)
     tokens = batch * seq
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
@@ -134,33 +160,42 @@ def time_variant(name, model, cfg, batch, seq, args, device) -> dict:
 
 
 def correctness(arch, vocab, seq, device) -> dict:
-    """vqdna in bf16 (autocast, compiled encoder) against itself in fp32 eager, same weights and batch."""
+    """The fast paths against the same model in fp32 eager, same weights and batch (eval mode:
+    no dropout): relative error of the loss, the logits at masked positions and all gradients."""
     torch.manual_seed(0)
     ref = make_vqdna(arch, vocab, device).eval()
-    fast = make_vqdna(arch, vocab, device).eval()
-    fast.load_state_dict(ref.state_dict())
-    if device.type == "cuda":
-        fast.vqdna.encoder.compile_layers()
     gen = torch.Generator(device=device).manual_seed(1)
     masked, labels = random_batch(ref.config, 8, seq, device, gen)
     out_ref = ref(masked, None, labels=labels)
     out_ref.loss.backward()
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-        out_fast = fast(masked, None, labels=labels)
-    out_fast.loss.backward()
     g_ref = torch.cat([p.grad.flatten().double() for p in ref.parameters() if p.grad is not None])
-    g_fast = torch.cat([p.grad.flatten().double() for p in fast.parameters() if p.grad is not None])
-    return {
-        "loss_fp32": float(out_ref.loss), "loss_bf16": float(out_fast.loss),
-        "loss_rel_diff": abs(float(out_fast.loss) - float(out_ref.loss)) / abs(float(out_ref.loss)),
-        "grad_rel_err": float((g_fast - g_ref).norm() / g_ref.norm()),
-        "logits_rel_err": float((out_fast.logits.double() - out_ref.logits.double()).norm() / out_ref.logits.double().norm()),
-    }
+    cuda = device.type == "cuda"
+    checks = {}
+    for name in ("autocast_compiled_blocks", "bf16_weights_compiled"):
+        fast = make_vqdna(arch, vocab, device).eval()
+        fast.load_state_dict(ref.state_dict())
+        if name == "bf16_weights_compiled":
+            fast.to(torch.bfloat16)
+        if cuda:
+            fast.vqdna.encoder.compile_layers(dynamic=False) if name.startswith("autocast") else fast.vqdna.compile(dynamic=False)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda and name.startswith("autocast")):
+            out = fast(masked, None, labels=labels)
+        out.loss.backward()
+        g = torch.cat([p.grad.flatten().double() for p in fast.parameters() if p.grad is not None])
+        with torch.no_grad():
+            checks[name] = {
+                "loss_fp32": float(out_ref.loss), "loss": float(out.loss),
+                "loss_rel_diff": abs(float(out.loss) - float(out_ref.loss)) / abs(float(out_ref.loss)),
+                "grad_rel_err": float((g - g_ref).norm() / g_ref.norm()),
+                "logits_rel_err": float((out.logits.double() - out_ref.logits.double()).norm() / out_ref.logits.double().norm()),
+            }
+    return checks
 
 
 def main():
     args = parse_args()
     device = torch.device(args.device)
+    torch._dynamo.config.cache_size_limit = 64  # several variants compile the same blocks
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

@@ -47,6 +47,7 @@ def parse_args():
     p.add_argument("--rows-per-shard", type=int, default=8192)
     p.add_argument("--shards", type=int, default=24, help="shards in the timed split")
     p.add_argument("--batch-nt", default="1048576", help="comma-separated tokens.batch_nt values")
+    p.add_argument("--compile", default="0", help="comma-separated tokens.compile values (0/1)")
     p.add_argument("--scratch", default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--out", default=None, help="JSON file to write")
     return p.parse_args()
@@ -128,9 +129,9 @@ def main():
         tok_dir = scratch / f"tok_{kind}"
         tok.save_pretrained(tok_dir)
         params = sum(p.numel() for p in tok.model.parameters())
-        for batch_nt in [int(b) for b in args.batch_nt.split(",")]:
-            cfg = {"device": device.type, "tokens": {"batch_nt": batch_nt}}
-            out = scratch / f"tokens_{kind}_{batch_nt}"
+        for batch_nt, compiled in [(int(b), bool(int(c))) for b in args.batch_nt.split(",") for c in args.compile.split(",")]:
+            cfg = {"device": device.type, "tokens": {"batch_nt": batch_nt, "compile": compiled}}
+            out = scratch / f"tokens_{kind}_{batch_nt}_{int(compiled)}"
             tokenize_split(tok_dir, scratch / "shards", "warm", out, cfg)  # CUDA context, cuDNN plans
             if device.type == "cuda":
                 torch.cuda.synchronize()
@@ -147,18 +148,21 @@ def main():
             shard0 = ascii_matrix(open_shard(scratch / "shards" / "train" / "00000.arrow"))
             codes = torch.from_numpy(np.resize(to_codes(shard0.reshape(-1)).reshape(shard0.shape),
                                                (rows_per_batch, args.window)))
-            model_nt_s = model_only_nt_per_s(VQTokenizer.from_pretrained(tok_dir, device=device), codes, device)
+            model_tok = VQTokenizer.from_pretrained(tok_dir, device=device)
+            if compiled and device.type == "cuda":
+                model_tok.compile()
+            model_nt_s = model_only_nt_per_s(model_tok, codes, device)
             r = {"kind": kind, "tokenizer_params": params, "codebook_sizes": list(mcfg.codebook_sizes),
-                 "batch_nt": batch_nt, "dtype": meta.dtype, "wall_s": wall, "nt_per_s_end_to_end": nt_total / wall,
+                 "batch_nt": batch_nt, "compile": compiled, "dtype": meta.dtype, "wall_s": wall, "nt_per_s_end_to_end": nt_total / wall,
                  "nt_per_s_loop": stats["nt_per_s"], "nt_per_s_model_only": model_nt_s,
                  "agreement_with_list_api": agree}
             result["runs"].append(r)
             print(json.dumps(r))
             shutil.rmtree(out)
     print(f"\n{gpu}  window={args.window}  {nt_total / 1e6:.1f} Mnt per run")
-    print(f"{'kind':<6}{'batch_nt':>10}{'end-to-end nt/s':>18}{'model-only nt/s':>18}{'agree':>8}")
+    print(f"{'kind':<6}{'batch_nt':>10}{'compile':>8}{'end-to-end nt/s':>18}{'model-only nt/s':>18}{'agree':>8}")
     for r in result["runs"]:
-        print(f"{r['kind']:<6}{r['batch_nt']:>10}{r['nt_per_s_end_to_end']:>18,.0f}{r['nt_per_s_model_only']:>18,.0f}"
+        print(f"{r['kind']:<6}{r['batch_nt']:>10}{str(r['compile']):>8}{r['nt_per_s_end_to_end']:>18,.0f}{r['nt_per_s_model_only']:>18,.0f}"
               f"{r['agreement_with_list_api']:>8.3f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

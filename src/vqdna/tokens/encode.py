@@ -23,7 +23,7 @@ class BatchEncoder:
     """Uses the tokenizer's batched tensor path (`encode_codes`, on its device) when it has one,
     else its list API (`encode`). Returns ids `[B, width, levels]` in `dtype` and real lengths."""
 
-    def __init__(self, tokenizer, width: int, dtype: np.dtype, device: str = "cpu"):
+    def __init__(self, tokenizer, width: int, dtype: np.dtype, device: str = "cpu", compile: bool = False):
         self.tokenizer = tokenizer
         self.width = width
         self.dtype = np.dtype(dtype)
@@ -32,6 +32,8 @@ class BatchEncoder:
         self.device = device
         if self.tensor_path and hasattr(tokenizer, "to"):
             tokenizer.to(device)
+        if compile and device != "cpu" and hasattr(tokenizer, "compile"):
+            tokenizer.compile()  # CUDA only: compiling for the CPU costs more than it saves here
 
     def __call__(self, ascii_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         if self.tensor_path:

@@ -38,7 +38,8 @@ def run(args, cfg) -> int:
     tcfg = cfg.get("tokens", {})
     rank, world = _dist_env()
     name = args.name or Path(args.tokenizer).name
-    params = {"tokenizer": name, "split": args.split, "batch_nt": tcfg.get("batch_nt"), "world_size": world}
+    params = {"tokenizer": name, "split": args.split, "batch_nt": tcfg.get("batch_nt"),
+              "compile": tcfg.get("compile"), "world_size": world}
     if rank != 0:
         tokenize_split(args.tokenizer, args.shards, args.split, args.out, cfg, name=name)
         return 0
@@ -103,7 +104,7 @@ def tokenize_split(tokenizer_dir, shards_root, split: str, out_dir, cfg: dict, *
     first, last = _block(len(shards), rank, world)
     row_start = int(sum(rows_per_shard[:first]))
     my_rows = int(sum(rows_per_shard[first:last]))
-    encoder = BatchEncoder(tokenizer, width, dtype, device)
+    encoder = BatchEncoder(tokenizer, width, dtype, device, compile=bool(tcfg.get("compile", False)))
     ids_out = np.memmap(tmp_bin, dtype=dtype, mode="r+", shape=meta.shape)
     lengths = np.full(my_rows, width, dtype=np.uint32)
     rows_per_batch = max(1, batch_nt // window)

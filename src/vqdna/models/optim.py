@@ -1,0 +1,51 @@
+"""AdamW over fp32 master copies of bf16 model weights.
+
+With `precision: bf16_weights` the model itself is bf16 (activations, residual stream and
+weight reads at half the bytes, no autocast casts), while the optimizer state and the
+update stay fp32: each step casts the bf16 gradients onto the fp32 masters, runs (fused)
+AdamW there, and copies the result back into the bf16 weights.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class MasterWeightAdamW:
+    def __init__(self, param_groups: list[dict], **adamw_kwargs):
+        self.model_params: list[torch.Tensor] = []
+        master_groups = []
+        for group in param_groups:
+            params = [p for p in group["params"] if p.requires_grad]
+            masters = [p.detach().float().clone().requires_grad_(True) for p in params]
+            self.model_params.extend(params)
+            master_groups.append({**group, "params": masters})
+        self.masters = [m for g in master_groups for m in g["params"]]
+        self.optimizer = torch.optim.AdamW(master_groups, **adamw_kwargs)
+
+    @property
+    def param_groups(self):
+        return self.optimizer.param_groups
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for master, param in zip(self.masters, self.model_params):
+            master.grad = None if param.grad is None else param.grad.float()
+        self.optimizer.step()
+        torch._foreach_copy_(self.model_params, self.masters)  # fp32 -> bf16, one fused launch per dtype
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.model_params:
+            p.grad = None
+        for m in self.masters:
+            m.grad = None
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "masters": [m.detach().clone() for m in self.masters]}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        with torch.no_grad():
+            for master, saved, param in zip(self.masters, state["masters"], self.model_params):
+                master.copy_(saved)
+                param.copy_(saved)
