@@ -1,0 +1,43 @@
+"""The genome tables: the shipped ones parse and match their files; bad tables name the line."""
+
+from pathlib import Path
+
+import pytest
+
+from vqdna.atomic import sha256_file
+from vqdna.errors import InputError
+from vqdna.genomes.table import read_genome_table
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_demo_table_checksums_match_the_shipped_files():
+    rows = read_genome_table(ROOT / "config" / "genomes.demo.tsv")
+    assert len(rows) == 5
+    for row in rows:
+        assert sha256_file(ROOT / "data" / "demo" / "genomes" / row.file) == row.sha256
+
+
+def test_paper_table_lists_the_appendix_c_species():
+    every = read_genome_table(ROOT / "config" / "genomes.tsv", included_only=False)
+    categories = {r.category for r in every}
+    assert {"Fungi", "Protozoa", "Mammalian", "Other Vertebrate", "Bacteria"} <= categories
+    species = {r.species for r in every}
+    assert {"Homo sapiens", "Mus musculus", "Saccharomyces cerevisiae", "Phytophthora sojae"} <= species
+    included = read_genome_table(ROOT / "config" / "genomes.tsv")
+    assert included and all(r.accession.startswith("GCF_") for r in included)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("accession\tspecies\nA\tx\n", r"line 1.*missing column.*category"),
+    ("accession\tspecies\tcategory\nA\tx\tc\nA\ty\tc\n", r"line 3 \(record 'A'\).*duplicate"),
+    ("accession\tspecies\tcategory\nA/B\tx\tc\n", r"line 2.*letters, digits"),
+    ("accession\tspecies\tcategory\tsha256\nA\tx\tc\tnothex\n", r"line 2.*64 hex"),
+    ("accession\tspecies\tcategory\tcolour\nA\tx\tc\tred\n", r"unknown column"),
+    ("# only a comment\n", "empty"),
+])
+def test_bad_tables_name_the_line(tmp_path, text, message):
+    path = tmp_path / "genomes.tsv"
+    path.write_text(text)
+    with pytest.raises(InputError, match=message):
+        read_genome_table(path)
