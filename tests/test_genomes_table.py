@@ -29,10 +29,10 @@ def test_paper_table_lists_the_appendix_c_species():
 
 
 @pytest.mark.parametrize("text,message", [
-    ("accession\tspecies\nA\tx\n", r"line 1.*missing column.*category"),
-    ("accession\tspecies\tcategory\nA\tx\tc\nA\ty\tc\n", r"line 3 \(record 'A'\).*duplicate"),
-    ("accession\tspecies\tcategory\nA/B\tx\tc\n", r"line 2.*letters, digits"),
-    ("accession\tspecies\tcategory\tsha256\nA\tx\tc\tnothex\n", r"line 2.*64 hex"),
+    ("accession\tspecies\nA\tx\n", r"genomes.tsv:1: missing column.*category"),
+    ("accession\tspecies\tcategory\nA\tx\tc\nA\ty\tc\n", r"genomes.tsv:3 \(record 'A'\): duplicate"),
+    ("accession\tspecies\tcategory\nA/B\tx\tc\n", r"genomes.tsv:2 .*letters, digits"),
+    ("accession\tspecies\tcategory\tsha256\nA\tx\tc\tnothex\n", r"genomes.tsv:2 .*64 hex"),
     ("accession\tspecies\tcategory\tcolour\nA\tx\tc\tred\n", r"unknown column"),
     ("# only a comment\n", "empty"),
 ])
