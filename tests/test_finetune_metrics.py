@@ -44,6 +44,9 @@ def test_paper_grid_has_24_points():
     assert pts[0]["point"] == "lr1e-05_do0_ep4"
     assert point_params(grid, "lr3e-05_do0.05_ep8") == {"lr": 3e-5, "lora_dropout": 0.05, "epochs": 8}
     assert point_id({"lr": 5e-5, "epochs": 10}) == "lr5e-05_ep10"
+    # key order in the config (or the sorted resolved JSON) does not change ids or grid order
+    reordered = {"epochs": [4, 6, 8, 10], "lora_dropout": [0.0, 0.05], "lr": [1e-5, 3e-5, 5e-5]}
+    assert grid_points(reordered) == pts
     with pytest.raises(ConfigError):
         point_params(grid, "lr1_do0_ep1")
     with pytest.raises(ConfigError):

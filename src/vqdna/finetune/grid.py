@@ -13,7 +13,8 @@ from typing import Mapping, Sequence
 
 from ..errors import ConfigError
 
-# grid key -> short prefix in the point id
+# grid key -> short prefix in the point id; this order is the canonical one (ids and grid order
+# must not depend on how a config file, or the sorted resolved JSON, happens to order the keys)
 ABBREV = {"lr": "lr", "lora_dropout": "do", "epochs": "ep", "batch_size": "bs", "weight_decay": "wd"}
 
 
@@ -24,7 +25,7 @@ def _fmt(value) -> str:
 
 
 def point_id(params: Mapping) -> str:
-    return "_".join(f"{ABBREV.get(k, k)}{_fmt(v)}" for k, v in params.items())
+    return "_".join(f"{ABBREV[k]}{_fmt(params[k])}" for k in ABBREV if k in params)
 
 
 def grid_points(grid: Mapping[str, Sequence]) -> list[dict]:
@@ -34,7 +35,7 @@ def grid_points(grid: Mapping[str, Sequence]) -> list[dict]:
     unknown = [k for k in grid if k not in ABBREV]
     if unknown:
         raise ConfigError(f"finetune.grid has unknown keys {unknown}; known: {sorted(ABBREV)}")
-    keys = list(grid)
+    keys = [k for k in ABBREV if k in grid]
     out = []
     for values in itertools.product(*(grid[k] for k in keys)):
         params = dict(zip(keys, values))
