@@ -82,7 +82,7 @@ def prepare_genome(path: str | Path, accession: str, params: WindowParams, *, se
                 raise InputError(path, f"{exc.kind} {bytes([exc.byte])!r} at base {pos_in_record + 1}"
                                  + (" (binary or non-FASTA content?)" if exc.kind.startswith("not") else ""),
                                  record=ids[r]) from None
-            out.write(bw.clean.tobytes())
+            out.write(memoryview(bw.clean))
             first_record = len(record_ids)
             offsets.append(written + bw.starts)
             records.append(first_record + bw.records)

@@ -131,7 +131,7 @@ def _iter_fasta_fast(path: Path) -> Iterator[tuple[str, bytes]]:
             for piece in pieces:
                 nl = piece.find(b"\n")
                 header = (piece[:nl] if nl >= 0 else piece).strip()
-                seq = piece[nl + 1:].translate(None, _WHITESPACE) if nl >= 0 else b""
+                seq = _strip_whitespace(piece[nl + 1:]) if nl >= 0 else b""
                 record_id = _record_id(path, header, last)
                 if not seq:
                     raise InputError(path, "empty sequence", record=record_id)
@@ -141,6 +141,15 @@ def _iter_fasta_fast(path: Path) -> Iterator[tuple[str, bytes]]:
                 break
     if last is None:
         raise InputError(path, "no FASTA records")
+
+
+def _strip_whitespace(body: bytes) -> bytes:
+    # replace() runs on memchr and is far faster than translate(None, ...); the rarer CR, tab and
+    # space only cost a check
+    seq = body.replace(b"\n", b"")
+    if b"\r" in seq or b" " in seq or b"\t" in seq:
+        seq = seq.translate(None, _WHITESPACE)
+    return seq
 
 
 def _record_id(path: Path, header: bytes, last: str | None) -> str:

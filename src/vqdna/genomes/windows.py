@@ -129,7 +129,7 @@ def batch_windows(raw: np.ndarray | bytes, record_lengths: np.ndarray, record_of
     raw_bytes = raw if isinstance(raw, bytes) else raw.tobytes()
     n = len(raw_bytes)
     cls_bytes = raw_bytes.translate(CLASS_TABLE)
-    clean = np.frombuffer(raw_bytes.translate(UPPER_TABLE), dtype=np.uint8).copy()
+    clean = np.frombuffer(raw_bytes.translate(UPPER_TABLE), dtype=np.uint8)  # read-only view
     raw = np.frombuffer(raw_bytes, dtype=np.uint8)
     rec_starts = np.concatenate(([0], np.cumsum(record_lengths)[:-1])).astype(np.int64)
 
@@ -169,6 +169,7 @@ def batch_windows(raw: np.ndarray | bytes, record_lengths: np.ndarray, record_of
             replaced = _REPLACE[codes, np.minimum(choice, 2)]
             is_plain_n = codes == ord("N")  # an N of a short run stands for any base
             replaced[is_plain_n] = np.frombuffer(b"ACGT", dtype=np.uint8)[choice[is_plain_n] % 4]
+            clean = clean.copy()  # writable only when something is replaced
             clean[iupac_pos] = replaced
             iupac_pos = np.zeros(0, dtype=np.int64)
 

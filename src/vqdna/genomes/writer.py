@@ -27,33 +27,37 @@ def write_shard(plan: dict, split: str, index: int, out: str | Path, order: np.n
     bounds = np.concatenate(([0], np.cumsum(counts)))
     genome_of = np.searchsorted(bounds, rows, side="right") - 1
     seqs = np.empty((len(rows), window), dtype=np.uint8)
-    accession = np.empty(len(rows), dtype=object)
-    species = np.empty(len(rows), dtype=object)
-    record_id = np.empty(len(rows), dtype=object)
     start = np.empty(len(rows), dtype=np.int64)
+    # string columns as positions into small per-shard tables, turned into Arrow with one take()
+    record_pos = np.empty(len(rows), dtype=np.int64)
+    record_tables, first_record = [], 0
     cache = {} if cache is None else cache
     for g in np.unique(genome_of):
         info = plan["genomes"][g]
         if g not in cache:
             prepared = load_prepared(info["index"])
             in_split = np.flatnonzero(prepared.split == split_code)
-            seq = np.memmap(info["seq"], dtype=np.uint8, mode="r") if Path(info["seq"]).stat().st_size else np.zeros(0, np.uint8)
-            cache[g] = (prepared, in_split, seq)
-        prepared, in_split, seq = cache[g]
+            size = Path(info["seq"]).stat().st_size
+            seq = np.memmap(info["seq"], dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+            cache[g] = (prepared, in_split, seq, pa.array(prepared.record_ids, pa.string()))
+        prepared, in_split, seq, record_ids = cache[g]
         mask = genome_of == g
         local = in_split[rows[mask] - bounds[g]]
         views = np.lib.stride_tricks.sliding_window_view(seq, window)
         seqs[mask] = views[prepared.offsets[local]]
-        accession[mask] = info["accession"]
-        species[mask] = info["species"]
-        ids = np.asarray(prepared.record_ids, dtype=object)
-        record_id[mask] = ids[prepared.records[local]]
         start[mask] = prepared.starts[local]
+        record_pos[mask] = first_record + prepared.records[local]
+        record_tables.append(record_ids)
+        first_record += len(record_ids)
+    accessions = pa.array([g["accession"] for g in plan["genomes"]], pa.string())
+    species = pa.array([g["species"] for g in plan["genomes"]], pa.string())
+    genome_idx = pa.array(genome_of)
+    record_id = (pa.concat_arrays(record_tables) if record_tables else pa.array([], pa.string())).take(pa.array(record_pos))
     schema = shard_schema(window)
     sequence = pa.FixedSizeBinaryArray.from_buffers(pa.binary(window), len(rows), [None, pa.py_buffer(seqs)])
     table = pa.Table.from_arrays(
-        [sequence, pa.array(accession, pa.string()), pa.array(species, pa.string()),
-         pa.array(record_id, pa.string()), pa.array(start, pa.int64())], schema=schema)
+        [sequence, accessions.take(genome_idx), species.take(genome_idx), record_id, pa.array(start, pa.int64())],
+        schema=schema)
     with atomic_path(out) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             writer.write_table(table)
