@@ -152,7 +152,8 @@ def main(argv=None) -> int:
     ap.add_argument("--levels", default="512,512", help="HRQ code ids per level (VQDNA input)")
     ap.add_argument("--code-dim", type=int, default=384)
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd backbones (both models)")
-    ap.add_argument("--out", default=None, help="JSON output (default: print only)")
+    ap.add_argument("--only", default="", help="comma list of modes to run (vqdna, stock_bert, vqdna+compile, stock_bert+compile)")
+    ap.add_argument("--out", default=None, help="JSON output (default: print only); rewritten after every mode")
     args = ap.parse_args(argv)
     if args.tiny:
         args.batch, args.infer_batch, args.train_len, args.infer_len = 4, 4, 64, 100
@@ -174,16 +175,8 @@ def main(argv=None) -> int:
         builds["stock_bert+compile"] = builds["stock_bert"]
     print(f"device {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or 'cpu'}), "
           f"batch {args.batch}, train {args.train_len}+1 tokens, infer {args.infer_len}+1 tokens x {args.infer_batch}", flush=True)
-    results = {name: run_one(name, b, kind, args, device, levels, vocab) for name, (b, kind) in builds.items()}
-    best = max((n for n in results if n.startswith("vqdna")), key=lambda n: results[n]["train"]["samples_per_s"])
-    speed = {
-        "train_vs_stock_eager": results[best]["train"]["samples_per_s"] / results["stock_bert"]["train"]["samples_per_s"],
-        "infer_vs_stock_eager": max(results[n]["infer"]["samples_per_s"] for n in results if n.startswith("vqdna"))
-        / results["stock_bert"]["infer"]["samples_per_s"],
-        "vqdna_eager_train_vs_stock_eager": results["vqdna"]["train"]["samples_per_s"] / results["stock_bert"]["train"]["samples_per_s"],
-    }
-    if "stock_bert+compile" in results:
-        speed["train_vs_stock_compiled"] = results[best]["train"]["samples_per_s"] / results["stock_bert+compile"]["train"]["samples_per_s"]
+    if args.only:
+        builds = {k: v for k, v in builds.items() if k in args.only.split(",")}
     import peft
     import transformers
 
@@ -194,10 +187,33 @@ def main(argv=None) -> int:
                      "python": platform.python_version(), "cuda": torch.version.cuda},
         "shapes": {"arch": arch, "batch": args.batch, "train_tokens": args.train_len + 1, "infer_batch": args.infer_batch,
                    "infer_tokens": args.infer_len + 1, "vqdna_levels": levels, "code_dim": args.code_dim,
-                   "lora": FT_CFG["lora"], "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
-                   "padding": "none (attention mask all ones)", "tiny": args.tiny},
-        "results": results, "best_vqdna_mode": best, "speedup_vs_stock": speed,
+                   "lora": FT_CFG["lora"], "lora_targets": {"vqdna": "qkv (fused), out_proj, fc1, fc2",
+                                                           "stock_bert": "query, key, value, attention.output.dense, intermediate.dense, output.dense"},
+                   "precision": "bf16 autocast" if device.type == "cuda" else "fp32",
+                   "padding": "none (attention mask all ones)", "tiny": args.tiny,
+                   "timing": f"{args.warmup} warm-up + {args.steps} timed steps, CUDA-synchronised"},
+        "results": {},
     }
+    results = record["results"]
+    for name, (b, kind) in builds.items():
+        results[name] = run_one(name, b, kind, args, device, levels, vocab)
+        if args.out:  # partial results survive a time limit
+            Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    if "vqdna" not in results or "stock_bert" not in results:
+        return 0
+    best = max((n for n in results if n.startswith("vqdna")), key=lambda n: results[n]["train"]["samples_per_s"])
+    speed = {
+        "train_vs_stock_eager": results[best]["train"]["samples_per_s"] / results["stock_bert"]["train"]["samples_per_s"],
+        "infer_vs_stock_eager": max(results[n]["infer"]["samples_per_s"] for n in results if n.startswith("vqdna"))
+        / results["stock_bert"]["infer"]["samples_per_s"],
+        "vqdna_eager_train_vs_stock_eager": results["vqdna"]["train"]["samples_per_s"] / results["stock_bert"]["train"]["samples_per_s"],
+        "vqdna_eager_infer_vs_stock_eager": results["vqdna"]["infer"]["samples_per_s"] / results["stock_bert"]["infer"]["samples_per_s"],
+    }
+    if "stock_bert+compile" in results:
+        speed["train_vs_stock_compiled"] = results[best]["train"]["samples_per_s"] / results["stock_bert+compile"]["train"]["samples_per_s"]
+    record["best_vqdna_mode"] = best
+    record["speedup_vs_stock"] = speed
     print(f"speedup vs stock (train, {best}): {speed['train_vs_stock_eager']:.2f}x; inference: {speed['infer_vs_stock_eager']:.2f}x")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
