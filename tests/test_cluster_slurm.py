@@ -256,7 +256,7 @@ def test_demo_pipeline_through_slurm_profile(cluster, xdg, tmp_path):
     print(f"[{time.monotonic() - t0:.0f}s] local reference run done")
 
     # the literal profile-name form resolves (dry run); GPU stages show their GPU in the job list
-    subprocess.run([sys.executable, "-m", "vqdna", "install-profile"], cwd=onslurm, env=env, check=True,
+    subprocess.run([sys.executable, "-m", "vqdna", "install-profile", "--force"], cwd=onslurm, env=env, check=True,
                    capture_output=True)
     dry = snakemake([*TARGETS, "--profile", "slurm", "-n", *cfg], onslurm, env, timeout=300)
     assert dry.returncode == 0, dry.log
