@@ -1,0 +1,155 @@
+"""Sharding throughput vs. the raw speed of reading the same gzip file (CPU).
+
+    python bench/shard_throughput.py [--input FILE.fa.gz] [--repeats 3] [--out bench/results/shard_throughput.json]
+
+Default input: the Drosophila dm3 2 kb-upstream set (52.9 Mbp, 26,454 soft-masked records) from
+the project's shared data. Measured, best of `--repeats`:
+  gzip_read   decompress the file with Python's gzip module (1 MiB reads), nothing else
+  shard       the whole `vqdna shard --step all` path without MLflow: read + validate + clean +
+              window + split (prepare), plan, write every Arrow shard, manifest with sha256
+Both rates are sequence bases per second (FASTA headers and newlines not counted), so
+`ratio = shard / gzip_read` is the fraction of the bare decompression speed that sharding keeps
+(target >= 0.5). Also reported: the same sharding with the Biopython FASTA reader.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_INPUT = ROOT.parent / "shared" / "data" / "genomes" / "dm3_upstream2000.fa.gz"
+
+SHARDS_CFG = {
+    "window": 512, "stride": 512, "num_shards": {"train": 16, "valid": 1}, "n_split_min_run": 1,
+    "iupac_policy": "drop", "shuffle": True, "fasta_reader": "fast", "genbank_warnings": "log",
+    "batch_mbases": 16, "split": {"by": "block", "block_size": 1_000_000, "valid_fraction": 0.05, "seed": 0},
+}
+
+
+def gzip_read(path: Path, opener=gzip.open) -> int:
+    n = 0
+    with opener(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            n += len(block)
+    return n
+
+
+def shard(path: Path, work: Path, scfg: dict, steps: dict | None = None) -> dict:
+    from vqdna.genomes.plan import build_plan
+    from vqdna.genomes.prepare import prep_paths, prepare_genome
+    from vqdna.genomes.shard import build_manifest, write_all
+    from vqdna.genomes.table import GenomeRow
+    from vqdna.genomes.windows import WindowParams
+
+    steps = {} if steps is None else steps
+    row = GenomeRow(accession="bench", species="Drosophila melanogaster", category="Invertebrate")
+    seq, idx = prep_paths(work / "prep", row.accession)
+    t = time.perf_counter()
+    prepare_genome(path, row.accession, WindowParams.from_config(scfg), seq_out=seq, index_out=idx,
+                   fasta_reader=scfg["fasta_reader"], batch_bases=int(scfg["batch_mbases"] * 1e6))
+    steps["prepare"] = time.perf_counter() - t
+    t = time.perf_counter()
+    plan = build_plan([row], work / "prep", scfg)
+    steps["plan"] = time.perf_counter() - t
+    t = time.perf_counter()
+    write_all(plan, work)
+    steps["write"] = time.perf_counter() - t
+    t = time.perf_counter()
+    manifest = build_manifest(plan, work, scfg)
+    steps["manifest"] = time.perf_counter() - t
+    return manifest
+
+
+def timed(fn, repeats: int):
+    best, result = float("inf"), None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        best = min(best, time.perf_counter() - t0)
+    return best, result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--input", type=Path, default=DEFAULT_INPUT)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "shard_throughput.json")
+    args = ap.parse_args(argv)
+    if not args.input.exists():
+        print(f"input not found: {args.input}", file=sys.stderr)
+        return 2
+
+    from vqdna.genomes.readers import iter_records
+
+    bases = sum(len(s) for _, s in iter_records(args.input))
+    decompressed = gzip_read(args.input)
+    t_gzip, _ = timed(lambda: gzip_read(args.input), args.repeats)
+    from vqdna.genomes.readers import _gzip_impl
+
+    t_isal, _ = timed(lambda: gzip_read(args.input, _gzip_impl.open), args.repeats)
+    t_parse, _ = timed(lambda: sum(len(s) for _, s in iter_records(args.input)), args.repeats)
+
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="vqdna-bench-") as tmp:
+        for reader in ("fast", "biopython"):
+            scfg = copy.deepcopy(SHARDS_CFG)
+            scfg["fasta_reader"] = reader
+
+            best_steps: dict = {}
+
+            def run():
+                work = Path(tmp) / reader
+                shutil.rmtree(work, ignore_errors=True)
+                steps: dict = {}
+                out = shard(args.input, work, scfg, steps)
+                if not best_steps or sum(steps.values()) < sum(best_steps.values()):
+                    best_steps.clear()
+                    best_steps.update(steps)
+                return out
+
+            t, manifest = timed(run, args.repeats if reader == "fast" else 1)
+            rows.append({"reader": reader, "seconds": t, "bases_per_s": bases / t, "steps_s": dict(best_steps),
+                         "windows": sum(s["windows"] for s in manifest["splits"].values()),
+                         "shards": len(manifest["shards"])})
+
+    gzip_rate = bases / t_gzip
+    result = {
+        "input": str(args.input), "input_bytes": args.input.stat().st_size, "decompressed_bytes": decompressed,
+        "bases": bases, "repeats": args.repeats, "shards_config": SHARDS_CFG,
+        "gzip_read": {"seconds": t_gzip, "bases_per_s": gzip_rate},
+        "isal_read": {"seconds": t_isal, "bases_per_s": bases / t_isal,
+                      "note": "the ISA-L inflate the shard readers use (same gzip format)"},
+        "fast_reader_parse": {"seconds": t_parse, "bases_per_s": bases / t_parse},
+        "shard": [{**r, "ratio_vs_gzip_read": r["bases_per_s"] / gzip_rate} for r in rows],
+        "target_ratio": 0.5,
+        "machine": {"python": platform.python_version(), "platform": platform.platform(),
+                    "processor": platform.processor() or platform.machine()},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    print(f"input {args.input.name}: {bases / 1e6:.1f} Mbp in {decompressed / 1e6:.1f} MB decompressed, best of {args.repeats}")
+    print(f"{'what':<28}{'seconds':>10}{'Mbp/s':>10}{'x gzip read':>13}")
+    print(f"{'gzip read (python gzip)':<28}{t_gzip:>10.2f}{gzip_rate / 1e6:>10.1f}{1.0:>13.2f}")
+    print(f"{'gzip read (isal igzip)':<28}{t_isal:>10.2f}{bases / t_isal / 1e6:>10.1f}{t_gzip / t_isal:>13.2f}")
+    print(f"{'read+parse (fast reader)':<28}{t_parse:>10.2f}{bases / t_parse / 1e6:>10.1f}{t_gzip / t_parse:>13.2f}")
+    for r in result["shard"]:
+        name = f"shard, {r['reader']} FASTA reader"
+        print(f"{name:<28}{r['seconds']:>10.2f}{r['bases_per_s'] / 1e6:>10.1f}{r['ratio_vs_gzip_read']:>13.2f}")
+    fast = result["shard"][0]["steps_s"]
+    print("shard steps (fast reader, best run): " + ", ".join(f"{k} {v:.2f}s" for k, v in fast.items()))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
