@@ -115,6 +115,8 @@ def run(args, cfg: dict) -> int:
     settings_dict = training_settings(cfg, d)
     seed = int(cfg.get("seed", 0))
     is_main = int(os.environ.get("RANK", "0")) == 0
+    if kind not in MODEL_KINDS and not is_main:
+        return 0  # under torchrun only rank 0 builds a baseline (the others would race on the output dir)
     params = {"name": name, "definition": {k: v for k, v in d.items() if k != "training"},
               "shards": str(shards_dir), "out": str(out_dir), "seed": seed}
     if kind in MODEL_KINDS:
