@@ -115,3 +115,30 @@ def test_masked_lm_scores_only_masked_positions(model_and_tokens):
     full = model(**batch).logits
     T = batch["input_ids"].shape[1]
     torch.testing.assert_close(out.logits, full.reshape(-1, full.shape[-1])[torch.tensor([3, 2 * T + 7])])
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+def test_sparse_last_block_equals_dense(monkeypatch, norm_position):
+    """The MLM path computes the last block only at masked positions; same loss, logits, gradients."""
+    from vqdna.models.masking import mask_tokens
+
+    tok = tiny_vq_tokenizer("hrq")
+    torch.manual_seed(2)
+    model = VQDNAForMaskedLM.from_tokenizer(tok, norm_position=norm_position, **{**TINY, "num_hidden_layers": 3}).eval()
+    ids = collate(tok.encode(real_seqs(4, 40)), model.config)["input_ids"]
+    masked, labels = mask_tokens(ids, model.config, ratio=0.25, generator=torch.Generator().manual_seed(0))
+
+    def run(sparse: bool):
+        monkeypatch.setattr(VQDNAForMaskedLM, "sparse_last_layer", sparse)
+        model.zero_grad()
+        out = model(masked, None, labels=labels)
+        out.loss.backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+
+    sparse, g_sparse = run(True)
+    dense, g_dense = run(False)
+    assert torch.equal(sparse.masked_positions, dense.masked_positions)
+    torch.testing.assert_close(sparse.logits, dense.logits, rtol=1e-5, atol=1e-6)
+    assert g_sparse.keys() == g_dense.keys()
+    for name in g_dense:
+        torch.testing.assert_close(g_sparse[name], g_dense[name], rtol=1e-4, atol=1e-6, msg=name)

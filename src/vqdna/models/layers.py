@@ -34,6 +34,22 @@ class SelfAttention(nn.Module):
         )
         return self.out_proj(out.transpose(1, 2).reshape(B, T, H))
 
+    def forward_queries(self, x: torch.Tensor, select: torch.Tensor, rope: tuple | None) -> torch.Tensor:
+        """Attention output at the positions `select [B, k]` only: keys and values over the whole
+        sequence, queries at k positions (no padding mask; the MLM path of full windows)."""
+        B, T, H = x.shape
+        k = select.shape[1]
+        w, b = self.qkv.weight, self.qkv.bias
+        x_sel = x.gather(1, select[..., None].expand(B, k, H))
+        q = F.linear(x_sel, w[:H], b[:H]).view(B, k, self.num_heads, self.head_dim).transpose(1, 2)
+        key, value = F.linear(x, w[H:], b[H:]).view(B, T, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        if rope is not None:
+            cos, sin = rope
+            q = apply_rope(q, cos[select][:, None], sin[select][:, None])
+            key = apply_rope(key, cos, sin)
+        out = F.scaled_dot_product_attention(q, key, value, dropout_p=self.dropout if self.training else 0.0)
+        return self.out_proj(out.transpose(1, 2).reshape(B, k, H))
+
 
 class FeedForward(nn.Module):
     def __init__(self, config: VQDNAConfig):
@@ -61,6 +77,15 @@ class EncoderLayer(nn.Module):
             return x + self.dropout(self.mlp(self.mlp_norm(x)))
         x = self.attn_norm(x + self.dropout(self.attention(x, rope, attn_mask)))
         return self.mlp_norm(x + self.dropout(self.mlp(x)))
+
+    def forward_queries(self, x: torch.Tensor, select: torch.Tensor, rope: tuple | None) -> torch.Tensor:
+        """This block's output at `select [B, k]` only (what the MLM loss reads of the last block)."""
+        x_sel = x.gather(1, select[..., None].expand(*select.shape, x.shape[-1]))
+        if self.pre_norm:
+            y = x_sel + self.dropout(self.attention.forward_queries(self.attn_norm(x), select, rope))
+            return y + self.dropout(self.mlp(self.mlp_norm(y)))
+        y = self.attn_norm(x_sel + self.dropout(self.attention.forward_queries(x, select, rope)))
+        return self.mlp_norm(y + self.dropout(self.mlp(y)))
 
 
 class Encoder(nn.Module):
@@ -100,11 +125,18 @@ class Encoder(nn.Module):
         for layer in self.layers:
             layer.compile(**kwargs)
 
-    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None,
+                select: torch.Tensor | None = None) -> torch.Tensor:
+        """`select [B, k]`: return only those positions ([B, k, H]); the last block then computes
+        queries, attention output and FFN for them alone (RoPE, no padding mask)."""
         rope, mask = self.attention_inputs(x, attention_mask)
-        for layer in self.layers:
+        layers = list(self.layers)
+        last = layers.pop() if select is not None else None
+        for layer in layers:
             if self.gradient_checkpointing and self.training:
                 x = checkpoint(layer, x, rope, mask, use_reentrant=False)
             else:
                 x = layer(x, rope, mask)
+        if last is not None:
+            x = last.forward_queries(x, select, rope)
         return self.final_norm(x)

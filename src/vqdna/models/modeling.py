@@ -68,12 +68,14 @@ class VQDNAModel(VQDNAPreTrainedModel):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        select: torch.Tensor | None = None,
         **kwargs,
     ) -> BaseModelOutput:
+        """`select [B, k]` (MLM training): the output holds only those positions, `[B, k, H]`."""
         if input_ids.dim() == 2:  # [B, T] from a single-level tokenizer
             input_ids = input_ids[..., None]
         hidden = self.embeddings(input_ids)
-        hidden = self.encoder(hidden, attention_mask)
+        hidden = self.encoder(hidden, attention_mask, select=select)
         return BaseModelOutput(last_hidden_state=hidden)
 
 
@@ -121,16 +123,24 @@ class VQDNAForMaskedLM(VQDNAPreTrainedModel):
         return_dict: bool | None = None,
         **kwargs,
     ) -> VQDNAMaskedLMOutput:
-        hidden = self.vqdna(input_ids, attention_mask).last_hidden_state
         if labels is None:
+            hidden = self.vqdna(input_ids, attention_mask).last_hidden_state
             return VQDNAMaskedLMOutput(logits=torch.cat(self.mlm_head(hidden), dim=-1), last_hidden_state=hidden)
         if labels.dim() == 2:
             labels = labels[..., None]
         # Score only the masked positions: the head and the softmax cost ~25% of the full pass.
         flat_labels = labels.reshape(-1, labels.shape[-1])
-        positions = (flat_labels[:, 0] != IGNORE_INDEX).nonzero(as_tuple=True)[0]
+        is_target = labels[..., 0] != IGNORE_INDEX
+        positions = is_target.reshape(-1).nonzero(as_tuple=True)[0]
         target = flat_labels[positions]
-        level_logits = self.mlm_head(hidden.reshape(-1, hidden.shape[-1])[positions])
+        select = self._uniform_selection(is_target, attention_mask)
+        if select is not None:
+            # Every row has the same number of targets: the last block computes only those rows.
+            hidden = self.vqdna(input_ids, None, select=select).last_hidden_state.reshape(-1, self.config.hidden_size)
+        else:
+            hidden = self.vqdna(input_ids, attention_mask).last_hidden_state
+            hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
+        level_logits = self.mlm_head(hidden)
         level_losses = torch.stack(
             [F.cross_entropy(lg.float(), target[:, l], reduction="mean") for l, lg in enumerate(level_logits)]
         )
@@ -145,6 +155,21 @@ class VQDNAForMaskedLM(VQDNAPreTrainedModel):
             num_masked=torch.tensor(positions.numel(), device=positions.device),
             masked_positions=positions,
         )
+
+    def _uniform_selection(self, is_target: torch.Tensor, attention_mask: torch.Tensor | None):
+        """`[B, k]` target positions when the sparse last block applies (RoPE, no padding, the
+        same k in every row, which exact-count masking of full windows gives), else None."""
+        if attention_mask is not None or self.config.position_encoding != "rope" or not self.sparse_last_layer:
+            return None
+        counts = is_target.sum(dim=1)
+        if counts.numel() == 0 or not bool((counts == counts[0]).all()):
+            return None
+        B = is_target.shape[0]
+        return is_target.nonzero(as_tuple=True)[1].view(B, -1)
+
+    # The sparse last block computes the same function as the dense one (tests check it);
+    # switch it off to compare.
+    sparse_last_layer = True
 
     @classmethod
     def from_tokenizer(cls, tokenizer, **arch) -> "VQDNAForMaskedLM":
