@@ -75,11 +75,31 @@ def _free_port() -> int:
 
 
 def _mem_mb() -> int:
+    """Memory of this machine in MB, or of this container when its cgroup sets a limit."""
+    total = 4096
     with open("/proc/meminfo") as fh:
         for line in fh:
             if line.startswith("MemTotal:"):
-                return int(line.split()[1]) // 1024
-    return 4096
+                total = int(line.split()[1]) // 1024
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            total = min(total, int(limit) // (1024 * 1024))
+    except OSError:
+        pass
+    return total
+
+
+def _cpus() -> int:
+    """CPUs this process may use (affinity, and the cgroup's CPU quota in a container)."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 2)
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            n = min(n, max(1, int(quota) // int(period)))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
 
 
 @dataclass
@@ -87,7 +107,7 @@ class LocalSlurm:
     """One-node cluster rooted at `root`. Use as a context manager or call start()/stop()."""
 
     root: Path
-    cpus: int = field(default_factory=lambda: os.cpu_count() or 2)
+    cpus: int = field(default_factory=_cpus)
     mem_mb: int | None = None  # RealMemory; default: 80% of this machine's
     gpus: int = 2  # fake GPU devices declared as GRES
     min_job_age: int = 3600  # seconds a finished job stays visible to squeue/scontrol
