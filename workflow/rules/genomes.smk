@@ -20,7 +20,7 @@
 # (A checkpoint would not do: Snakemake 9 then misses a deleted shard when the manifest exists.)
 import re
 
-from vqdna.genomes.download import find_local
+from vqdna.genomes.download import local_source_inputs
 from vqdna.genomes.table import read_genome_table
 
 GENOME_ROWS = read_genome_table(config["genomes"]["table"])
@@ -35,18 +35,10 @@ wildcard_constraints:
     index=r"\d{5}",
 
 
-def local_genome_file(wildcards):
-    """With source: local, the source file is an input (editing it re-runs the download)."""
-    if config["genomes"]["source"] != "local":
-        return []
-    row = next(r for r in GENOME_ROWS if r.accession == wildcards.accession)
-    return [str(find_local(row, Path(config["genomes"]["local_dir"])))]
-
-
 rule download_genome:
     input:
         table=config["genomes"]["table"],
-        local=local_genome_file,
+        local=lambda wc: local_source_inputs(config["genomes"], GENOME_ROWS, wc.accession),
     output:
         fasta=f"{GENOMES_DIR}/{{accession}}.fna.gz",
         info=f"{GENOMES_DIR}/{{accession}}.json",
@@ -54,8 +46,10 @@ rule download_genome:
         "logs/genomes/download_{accession}.log",
     resources:
         **stage_resources("download"),
+    conda:
+        "../envs/vqdna.yaml"
     shell:
-        vqdna("download") + " --accession {wildcards.accession} --out-dir " + GENOMES_DIR + " > {log} 2>&1"
+        f"{vqdna('download')} --accession {{wildcards.accession}} --out-dir {GENOMES_DIR} > {{log}} 2>&1"
 
 
 rule genome_manifest:
@@ -67,8 +61,10 @@ rule genome_manifest:
         "logs/genomes/manifest.log",
     resources:
         **stage_resources("download"),
+    conda:
+        "../envs/vqdna.yaml"
     shell:
-        vqdna("download") + " --manifest --out-dir " + GENOMES_DIR + " > {log} 2>&1"
+        f"{vqdna('download')} --manifest --out-dir {GENOMES_DIR} > {{log}} 2>&1"
 
 
 rule shard_prepare:
@@ -81,9 +77,11 @@ rule shard_prepare:
         "logs/shards/prepare_{accession}.log",
     resources:
         **stage_resources("shard"),
+    conda:
+        "../envs/vqdna.yaml"
     shell:
-        vqdna("shard") + " --step prepare --accession {wildcards.accession} --genome {input}"
-        " --shards-dir " + SHARDS_DIR + " > {log} 2>&1"
+        f"{vqdna('shard')} --step prepare --accession {{wildcards.accession}} --genome {{input}}"
+        f" --shards-dir {SHARDS_DIR} > {{log}} 2>&1"
 
 
 rule shard_plan:
@@ -95,8 +93,10 @@ rule shard_plan:
         "logs/shards/plan.log",
     resources:
         **stage_resources("shard"),
+    conda:
+        "../envs/vqdna.yaml"
     shell:
-        vqdna("shard") + " --step plan --shards-dir " + SHARDS_DIR + " > {log} 2>&1"
+        f"{vqdna('shard')} --step plan --shards-dir {SHARDS_DIR} > {{log}} 2>&1"
 
 
 rule shard_write:
@@ -111,9 +111,11 @@ rule shard_write:
         "logs/shards/write_{split}_{index}.log",
     resources:
         **stage_resources("shard"),
+    conda:
+        "../envs/vqdna.yaml"
     shell:
-        vqdna("shard") + " --step write --split {wildcards.split} --index {wildcards.index}"
-        " --shards-dir " + SHARDS_DIR + " > {log} 2>&1"
+        f"{vqdna('shard')} --step write --split {{wildcards.split}} --index {{wildcards.index}}"
+        f" --shards-dir {SHARDS_DIR} > {{log}} 2>&1"
 
 
 SHARD_FILES = [
@@ -133,8 +135,10 @@ rule shard_manifest:
         "logs/shards/manifest.log",
     resources:
         **stage_resources("shard"),
+    conda:
+        "../envs/vqdna.yaml"
     shell:
-        vqdna("shard") + " --step manifest --shards-dir " + SHARDS_DIR + " > {log} 2>&1"
+        f"{vqdna('shard')} --step manifest --shards-dir {SHARDS_DIR} > {{log}} 2>&1"
 
 
 GENOME_TARGETS = [f"{GENOMES_DIR}/manifest.tsv", *SHARD_FILES, f"{SHARDS_DIR}/manifest.json"]

@@ -165,3 +165,12 @@ def write_manifest(rows: list[GenomeRow], out_dir: Path) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue())
     return path
+
+
+def local_source_inputs(gcfg: dict, rows: list[GenomeRow], accession: str) -> list[str]:
+    """Snakemake input of one download job: with source local, the file it copies (so editing
+    that file re-runs the job); nothing for NCBI."""
+    if gcfg["source"] != "local":
+        return []
+    row = next(r for r in rows if r.accession == accession)
+    return [str(find_local(row, Path(gcfg["local_dir"])))]
