@@ -107,6 +107,10 @@ def run(args, cfg) -> int:
         pcfg["features"] = args.features
     seed = int(cfg.get("seed", 0))
     seed_everything(seed)
+    if pcfg.get("cpu_threads"):
+        import torch
+
+        torch.set_num_threads(int(pcfg["cpu_threads"]))
     device = _device(cfg)
 
     meta = read_meta(args.dataset_dir)
