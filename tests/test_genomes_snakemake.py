@@ -47,7 +47,8 @@ def planned_jobs(output: str) -> dict[str, int]:
 @pytest.fixture(scope="module")
 def repo_copy(tmp_path_factory):
     dst = tmp_path_factory.mktemp("repo")
-    for name in ("Snakefile", "workflow", "config", "src/vqdna", "data/demo/genomes"):
+    # everything the Snakefile reads at parse time (all rule files are included)
+    for name in ("Snakefile", "workflow", "config", "src/vqdna", "data/demo", "profiles"):
         src = ROOT / name
         if src.is_dir():
             shutil.copytree(src, dst / name, symlinks=True, ignore=shutil.ignore_patterns("__pycache__"))
