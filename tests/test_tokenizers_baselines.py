@@ -103,3 +103,21 @@ def test_registry_covers_every_kind():
 def test_missing_config_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="config.json"):
         load_tokenizer(tmp_path)
+
+
+def test_evaluate_counts_wrong_bases_and_level_usage(lambda_dna):
+    from vqdna.dna import batch_to_codes
+    from vqdna.tokenizers.evaluate import evaluate_tokenizer
+
+    class AllA(OneHotTokenizer):  # reconstructs every base as A
+        def decode(self, ids):
+            return ["A" * len(a) for a in ids]
+
+    windows = batch_to_codes([lambda_dna[i:i + 100] for i in range(0, 2000, 100)])
+    m = evaluate_tokenizer(AllA(), windows, batch_rows=7)
+    assert m["valid_reconstruction_accuracy"] == pytest.approx(float((windows == 0).mean()))
+    assert m["valid_nucleotides"] == windows.size and m["nucleotides_per_token"] == 1.0
+    assert m["usage_pct"] == [100.0] and 3.5 < m["perplexity"][0] <= 4.0
+    exact = evaluate_tokenizer(KmerTokenizer(6, False), windows)
+    assert exact["valid_reconstruction_accuracy"] == 1.0
+    assert exact["nucleotides_per_token"] == pytest.approx(100 / (16 + 4))

@@ -45,9 +45,10 @@ def evaluate_tokenizer(tok: GenomeTokenizer, windows: np.ndarray, batch_rows: in
             seqs = [to_ascii(row) for row in batch]
             ids = tok.encode(seqs)
             for orig, rec in zip(seqs, tok.decode(ids)):
-                n = min(len(orig), len(rec))
-                correct += sum(a == b for a, b in zip(orig[:n], rec[:n]))
-                total += len(orig)
+                a = np.frombuffer(orig.encode(), dtype=np.uint8)
+                b = np.frombuffer(rec.encode(), dtype=np.uint8)[: len(a)]
+                correct += int((a[: len(b)] == b).sum())  # a shorter reconstruction counts its missing bases wrong
+                total += len(a)
         all_ids.extend(ids)
     levels = level_stats(all_ids, tok.vocab_sizes)
     n_tokens = sum(len(a) for a in all_ids)
