@@ -114,7 +114,9 @@ def main():
     text = genome_text()
     t = time.perf_counter()
     write_split(scratch / "shards", "train", text, args.window, args.rows_per_shard, args.shards, seed=0)
-    write_split(scratch / "shards", "warm", text, args.window, min(args.rows_per_shard, 1024), 1, seed=1)
+    # warm-up split: one full batch of the largest batch_nt (compiles that shape), same rows per shard
+    warm_rows = min(args.rows_per_shard, max(int(b) for b in args.batch_nt.split(",")) // args.window)
+    write_split(scratch / "shards", "warm", text, args.window, warm_rows, 1, seed=1)
     nt_total = args.rows_per_shard * args.shards * args.window
     print(f"wrote {args.shards} shards, {nt_total / 1e6:.1f} Mnt of real DNA in {time.perf_counter() - t:.1f}s")
 

@@ -33,6 +33,11 @@ class BatchEncoder:
         if self.tensor_path and hasattr(tokenizer, "to"):
             tokenizer.to(device)
         if compile and device != "cpu" and hasattr(tokenizer, "compile"):
+            import torch._dynamo
+
+            # One static graph per batch shape (full batches, then a shard's last one); with
+            # automatic dynamic shapes the second shape would bring slower shape-generic kernels.
+            torch._dynamo.config.automatic_dynamic_shapes = False
             tokenizer.compile()  # CUDA only: compiling for the CPU costs more than it saves here
 
     def __call__(self, ascii_rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
