@@ -183,3 +183,16 @@ def test_missing_shards_is_an_input_error(tmp_path):
     with pytest.raises(InputError, match="no shards"):
         train_vq_tokenizer(tiny_model(), settings(), tmp_path / "none", tmp_path / "o",
                            work_dir=tmp_path / "w", seed=0, device="cpu", progress=False)
+
+
+def test_checkpoint_of_another_model_is_not_resumed(shards, tmp_path):
+    s = settings(batch_size=4, max_steps=6, warmup_steps=2, seq_len_warmup=32, seq_len=32, checkpoint_every=2,
+                 valid_windows=4)
+    with pytest.raises(SimulatedKill):
+        train_vq_tokenizer(tiny_model("vq"), s, shards, tmp_path / "o", work_dir=tmp_path / "w", seed=0,
+                           device="cpu", progress=False, stop_at_step=3)
+    assert torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=False)["step"] == 2
+    # the definition changed (hrq now): the old checkpoint must not be loaded into it
+    metrics = train_vq_tokenizer(tiny_model("hrq"), s, shards, tmp_path / "o", work_dir=tmp_path / "w", seed=0,
+                                 device="cpu", progress=False)
+    assert metrics["steps"] == 6 and metrics["train_nucleotides_this_run"] == 6 * 4 * 32

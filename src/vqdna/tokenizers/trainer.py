@@ -185,8 +185,12 @@ def train_vq_tokenizer(
     quant_gen = torch.Generator().manual_seed(seed + 1)  # k-means, restarts
     step = 0
     ckpt_path = work_dir / CHECKPOINT
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=False)
+    state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
+    if state is not None and (state.get("model_config") != model_cfg.to_dict()
+                              or state.get("batch_size", settings.batch_size) != settings.batch_size):
+        log.warning("%s was written for another model or batch size; starting over", ckpt_path)
+        state = None
+    if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         stream.load_state_dict(state["stream"])
@@ -204,7 +208,7 @@ def train_vq_tokenizer(
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "stream": stream.state_dict(),
             "quant_rng": quant_gen.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None, "step": step,
-            "model_config": model_cfg.to_dict(),
+            "model_config": model_cfg.to_dict(), "batch_size": settings.batch_size,
         }
         with atomic_path(ckpt_path) as tmp:
             torch.save(state, tmp)
@@ -215,6 +219,8 @@ def train_vq_tokenizer(
     bar = tqdm(total=settings.max_steps, initial=step, disable=not (progress and dist_info.main),
                desc=f"train {model_cfg.kind}", unit="step")
     model.train()
+    # read once: a per-step check of the CUDA flag would synchronise the GPU every step
+    codebooks_ready = bool(model.quantizer.codebooks[0].initialized)
     while step < settings.max_steps:
         length = seq_len_at(step, settings)
         rows = stream.next_rows(settings.batch_size)
@@ -222,11 +228,12 @@ def train_vq_tokenizer(
         local = crops[dist_info.rank * local_rows:(dist_info.rank + 1) * local_rows]
         x = torch.from_numpy(np.ascontiguousarray(local)).to(dev, non_blocking=True).long()
 
-        init_now = not bool(model.quantizer.codebooks[0].initialized)
+        init_now = not codebooks_ready
         reinit_now = settings.kmeans_after_warmup and step == settings.warmup_steps and step > 0
         if init_now or reinit_now:
             _kmeans_init(model, x, settings.init_kmeans_iters if init_now else settings.kmeans_iters,
                          settings.kmeans_max_samples, quant_gen, autocast)
+            codebooks_ready = True
 
         lr = lr_at(step, settings)
         for group in optimizer.param_groups:
