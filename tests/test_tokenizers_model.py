@@ -3,7 +3,6 @@ gradients, the EMA update, the HRQ formula, dead-code restart, k-means initialis
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
