@@ -54,14 +54,19 @@ def run(args, cfg) -> int:
     plan_path = shards_dir / "plan.json"
     rows = read_genome_table(table)
     params = WindowParams.from_config(scfg)
+    # argument errors before anything is opened or logged
+    if args.step == "prepare" and not args.accession:
+        raise InputError(table, "--step prepare needs --accession")
+    if args.step == "prepare":
+        genome_by_accession(rows, args.accession, table)
+    if args.step == "write" and (args.split is None or args.index is None):
+        raise InputError(plan_path, "--step write needs --split and --index")
     name = {"prepare": f"shard/prepare/{args.accession}", "write": f"shard/{args.split}/{args.index}"}.get(
         args.step, f"shard/{args.step}")
     with start_run(cfg, stage="shard", name=name, params={"shards": scfg, "step": args.step}) as mlrun:
         t0 = time.perf_counter()
         if args.step in ("prepare", "all"):
             todo = [genome_by_accession(rows, args.accession, table)] if args.step == "prepare" else rows
-            if args.step == "prepare" and not args.accession:
-                raise InputError(table, "--step prepare needs --accession")
             for row in todo:
                 meta = prepare_one(args, row, params, scfg, prep_dir)
                 mlrun.log_metrics({f"{row.accession}.{k}": v for k, v in meta.items()
@@ -73,8 +78,6 @@ def run(args, cfg) -> int:
         if args.step in ("write", "all"):
             plan = load_plan(plan_path)
             if args.step == "write":
-                if args.split is None or args.index is None:
-                    raise InputError(plan_path, "--step write needs --split and --index")
                 n = write_shard(plan, args.split, args.index, shard_path(shards_dir, args.split, args.index))
                 mlrun.log_metrics({"rows": n})
             else:
