@@ -21,11 +21,12 @@ rule train_tokenizer:
         metrics="results/tokenizers/{tok}/metrics.json",
     log:
         "logs/tokenizers/train_{tok}.log",
+    threads: int(stage_resources("train-tokenizer").get("cpus_per_task", 1))
     resources:
         **stage_resources("train-tokenizer"),
     shell:
         launcher("train-tokenizer") + " --name {wildcards.tok} --shards results/shards"
-        " --out results/tokenizers/{wildcards.tok} --no-progress > {log} 2>&1"
+        " --out results/tokenizers/{wildcards.tok} --threads {threads} --no-progress > {log} 2>&1"
 
 
 ALL_TARGETS.extend(expand("results/tokenizers/{tok}/metrics.json", tok=TOKENIZER_NAMES))

@@ -30,6 +30,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--work-dir", default=None,
                         help="checkpoint directory for resuming (default <out>.ckpt next to the output)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for torch (default: torch's choice); Snakemake passes the job's threads")
 
 
 def definition(cfg: dict, name: str) -> dict:
@@ -108,6 +110,11 @@ def run(args, cfg: dict) -> int:
 
     name = args.name
     d = definition(cfg, name)
+    if args.threads:
+        import torch
+
+        # spin-waiting threads beyond the job's share of cores slow small models down many times
+        torch.set_num_threads(max(1, args.threads // int(os.environ.get("WORLD_SIZE", "1"))))
     kind = d.get("kind")
     shards_dir = Path(args.shards)
     out_dir = Path(args.out or Path("results/tokenizers") / name)
