@@ -6,13 +6,16 @@ What runs (a few minutes on 2 cores):
 - a small workflow through `snakemake --profile slurm all` (the profile *name*, installed with
   `vqdna install-profile`): a GPU rule gets `--gpus=1` from the GRES, a failing job shows up as
   FAILED with its log path, and the re-run resubmits only what failed;
-- the demo pipeline up to VQDNA_SLURM_UNTIL (rule names; default: the tokenizers, i.e.
-  download + shard + train-tokenizer) through `--profile profiles/slurm`: every job is a
-  completed batch job of slurmctld, a job cancelled while running (preemption) is reported
-  failed and redone alone by the next run, and the outputs are byte-identical to a local run.
+- the demo pipeline (default: download + shard + two tokenizers, i.e. train-tokenizer) through
+  `--profile profiles/slurm` with the demo config: a first part, then the rest (resume: nothing
+  of the first part is resubmitted), during which one train_tokenizer job is cancelled while it
+  runs (preemption): reported failed (CANCELLED) with its log path, and the next run submits only
+  it. Every job is a completed batch job in slurmctld's records and log; the outputs equal a
+  local run's (shards and tokenizers byte for byte; see _normalise for genome metadata).
 Every daemon is stopped by PID at the end.
 
-Widen the pipeline part with e.g. `VQDNA_SLURM_UNTIL=all pytest -m slurm`.
+Widen the pipeline part with VQDNA_SLURM_TARGETS (files, or `all`), VQDNA_SLURM_FIRST,
+VQDNA_SLURM_CANCEL_RULE, VQDNA_SLURM_COMPARE, e.g. `VQDNA_SLURM_TARGETS=all pytest -m slurm`.
 """
 
 from __future__ import annotations
