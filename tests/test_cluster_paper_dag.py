@@ -14,31 +14,53 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-def test_paper_dag_dry_run_through_slurm_profile(tmp_path):
+def _dry_run(tmp_path, targets):
     from test_cluster_slurm import copy_repo
 
     repo = copy_repo(tmp_path / "repo")
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": str(repo / "src"),
            "HOME": str(tmp_path)}
     p = subprocess.run(
-        [sys.executable, "-m", "snakemake", "all", "--profile", "profiles/slurm", "-n",
+        [sys.executable, "-m", "snakemake", *targets, "--profile", "profiles/slurm", "-n",
          "--configfile", "config/paper.yaml"],
         cwd=repo, env=env, capture_output=True, text=True, timeout=900,
     )
     out = p.stdout + p.stderr
     assert p.returncode == 0, out[-8000:]
-    jobs = _job_resources(out)
-    rules = {rule for rule, _ in jobs}
-    for rule in ("train_tokenizer", "finetune"):
-        assert rule in rules, f"no {rule} job in the paper DAG: {sorted(rules)}"
+    return out
+
+
+def _check_gpus(jobs):
     for rule, res in jobs:
         gpu = re.search(r"\bgpu=(\d+)", res)
         if rule in ("train_tokenizer", "pretrain"):
             assert gpu and gpu.group(1) == "8", (rule, res)
-        elif rule == "finetune":
+        elif rule in ("finetune", "tokenize"):
             assert gpu and gpu.group(1) == "1", (rule, res)
         elif rule in ("download_genome", "shard_prepare", "shard_write", "summarize_finetune", "aggregate"):
             assert not gpu or gpu.group(1) == "0", (rule, res)
+
+
+def test_paper_stage_1_and_2_on_eight_gpus(tmp_path):
+    """Stage 1 and 2 of the paper config: 8 GPUs each, started by torchrun with 8 processes."""
+    out = _dry_run(tmp_path, ["results/pretrain/hrq/config.json"])
+    jobs = _job_resources(out)
+    rules = {rule for rule, _ in jobs}
+    assert {"download_genome", "train_tokenizer", "tokenize", "pretrain"} <= rules, sorted(rules)
+    _check_gpus(jobs)
+    assert "torchrun --standalone --nproc-per-node=8 -m vqdna train-tokenizer" in out
+    assert "torchrun --standalone --nproc-per-node=8 -m vqdna pretrain" in out
+
+
+def test_paper_dag_dry_run_through_slurm_profile(tmp_path):
+    """The issue's done-when: `snakemake --profile profiles/slurm -n all --configfile
+    config/paper.yaml` lists the whole paper DAG with its GPUs."""
+    out = _dry_run(tmp_path, ["all"])
+    jobs = _job_resources(out)
+    rules = {rule for rule, _ in jobs}
+    for rule in ("train_tokenizer", "pretrain", "prepare_dataset", "finetune"):
+        assert rule in rules, f"no {rule} job in the paper DAG: {sorted(rules)}"
+    _check_gpus(jobs)
 
 
 def _job_resources(out: str) -> list[tuple[str, str]]:
