@@ -80,23 +80,27 @@ def test_mlm_learns_saves_and_runs_4x_longer(tokens):
     assert torch.isfinite(hidden).all() and hidden.shape == (4, 4 * MAX_LEN + 1, 48)
 
 
-def test_resume_after_kill_equals_uninterrupted(tokens):
+@pytest.mark.parametrize("precision", ["fp32", "bf16_weights"])
+def test_resume_after_kill_equals_uninterrupted(tokens, precision):
     from safetensors.torch import load_file
 
-    cfg = cfg_with(steps=6, checkpoint_every=3, micro_batch_size=16)  # 2 accumulation steps, dropout on
-    pretrain(tokens / "tokens", tokens / "tok", tokens / "whole", cfg, track=False)
+    # 2 accumulation steps, dropout on; bf16_weights: bf16 model, fp32 masters in the optimizer
+    cfg = cfg_with(steps=6, checkpoint_every=3, micro_batch_size=16, precision=precision)
+    whole_dir, resumed_dir = tokens / f"whole_{precision}", tokens / f"resumed_{precision}"
+    pretrain(tokens / "tokens", tokens / "tok", whole_dir, cfg, track=False)
 
-    pretrain(tokens / "tokens", tokens / "tok", tokens / "resumed", cfg, track=False, stop_after=3)
-    assert not (tokens / "resumed").exists() and (tokens / "resumed.ckpt" / "last.pt").exists()
-    resumed_metrics = pretrain(tokens / "tokens", tokens / "tok", tokens / "resumed", cfg, track=False)
+    pretrain(tokens / "tokens", tokens / "tok", resumed_dir, cfg, track=False, stop_after=3)
+    assert not resumed_dir.exists() and (tokens / f"resumed_{precision}.ckpt" / "last.pt").exists()
+    resumed_metrics = pretrain(tokens / "tokens", tokens / "tok", resumed_dir, cfg, track=False)
     assert resumed_metrics["resumed_from_step"] == 3  # it did continue from the checkpoint
 
-    whole = load_file(tokens / "whole" / "model.safetensors")
-    resumed = load_file(tokens / "resumed" / "model.safetensors")
+    whole = load_file(whole_dir / "model.safetensors")
+    resumed = load_file(resumed_dir / "model.safetensors")
     assert whole.keys() == resumed.keys()
     for key in whole:
+        assert whole[key].dtype == torch.float32 or "codebook" in key  # fp32 masters are what is saved
         assert torch.equal(whole[key], resumed[key]), key
-    whole_metrics = json.loads((tokens / "whole" / "pretrain_metrics.json").read_text())
+    whole_metrics = json.loads((whole_dir / "pretrain_metrics.json").read_text())
     for key in ("eval_loss", "eval_masked_acc_level0", "eval_masked_acc_level1"):
         assert whole_metrics[key] == resumed_metrics[key]
 

@@ -28,9 +28,12 @@ class MasterWeightAdamW:
         return self.optimizer.param_groups
 
     @torch.no_grad()
-    def step(self) -> None:
+    def step(self, max_grad_norm: float = 0.0) -> None:
+        """Gradients onto the fp32 masters, optional clipping there (in fp32), AdamW, copy back."""
         for master, param in zip(self.masters, self.model_params):
             master.grad = None if param.grad is None else param.grad.float()
+        if max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.masters, max_grad_norm)
         self.optimizer.step()
         torch._foreach_copy_(self.model_params, self.masters)  # fp32 -> bf16, one fused launch per dtype
 
@@ -39,6 +42,12 @@ class MasterWeightAdamW:
             p.grad = None
         for m in self.masters:
             m.grad = None
+
+    @torch.no_grad()
+    def restore_fp32(self) -> None:
+        """Put the fp32 masters into the model (before saving: the saved weights are exact)."""
+        for master, param in zip(self.masters, self.model_params):
+            param.data = master.detach().clone()
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "masters": [m.detach().clone() for m in self.masters]}

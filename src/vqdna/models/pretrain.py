@@ -116,6 +116,7 @@ def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None 
     if device.type == "cpu" and settings.cpu_threads:
         torch.set_num_threads(settings.cpu_threads)
     use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and device.type == "cuda")
+    pure_bf16 = settings.precision == "bf16_weights"  # bf16 model, fp32 master weights in the optimizer
 
     train_file = TokenFile(tokens_dir, settings.train_split)
     eval_file = _maybe_eval_file(tokens_dir, settings.eval_split)
@@ -125,7 +126,10 @@ def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None 
     torch.manual_seed(seed)
     arch = {k: settings.model[k] for k in ARCH_KEYS if k in settings.model}
     model = VQDNAForMaskedLM.from_tokenizer(tokenizer, **arch).to(device)
-    optimizer = _optimizer(model, settings, device)
+    if pure_bf16:
+        for p in model.parameters():  # parameters only: the frozen codebooks stay fp32
+            p.data = p.data.to(torch.bfloat16)
+    optimizer = _optimizer(model, settings, device, master_weights=pure_bf16)
     accum = settings.accumulation(world)
     fingerprint = _fingerprint(settings, seed, world, train_file.meta.to_dict(), model.config.to_dict())
 
@@ -188,9 +192,12 @@ def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None 
                 window_correct += out.level_correct
                 window_masked += out.num_masked
                 window_tokens += masked.shape[0] * masked.shape[1]
-            if settings.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-            optimizer.step()
+            if pure_bf16:
+                optimizer.step(max_grad_norm=settings.grad_clip)  # clipped on the fp32 masters
+            else:
+                if settings.grad_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
+                optimizer.step()
             optimizer.zero_grad(set_to_none=True)
             window_steps += 1
             done = step + 1
@@ -228,6 +235,8 @@ def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None 
                       "tokenizer_sha256": train_file.meta.tokenizer_sha256})
         for l, u in enumerate(uniform):
             final[f"uniform_loss_level{l}"] = u
+        if pure_bf16:
+            optimizer.restore_fp32()  # save the exact fp32 masters, not their bf16 copies
         if rank == 0:
             with atomic_dir(out_dir) as tmp:
                 model.save_pretrained(tmp)
@@ -328,7 +337,7 @@ def _fingerprint(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def _optimizer(model, settings: PretrainSettings, device) -> torch.optim.Optimizer:
+def _optimizer(model, settings: PretrainSettings, device, master_weights: bool = False):
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if not p.requires_grad:
@@ -336,8 +345,12 @@ def _optimizer(model, settings: PretrainSettings, device) -> torch.optim.Optimiz
         # BERT recipe: no weight decay on biases, norms and the special-token embeddings
         (no_decay if p.ndim < 2 or "norm" in name or "special" in name else decay).append(p)
     groups = [{"params": decay, "weight_decay": settings.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    fused = device.type == "cuda"
-    return torch.optim.AdamW(groups, lr=settings.lr, betas=tuple(settings.betas), eps=settings.adam_eps, fused=fused)
+    kwargs = dict(lr=settings.lr, betas=tuple(settings.betas), eps=settings.adam_eps, fused=device.type == "cuda")
+    if master_weights:
+        from .optim import MasterWeightAdamW
+
+        return MasterWeightAdamW(groups, **kwargs)
+    return torch.optim.AdamW(groups, **kwargs)
 
 
 def _save_checkpoint(path: Path, model, optimizer, step: int, fingerprint: str) -> None:
