@@ -134,6 +134,7 @@ def test_conda_env_mirrors_pyproject():
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
     env = yaml.safe_load((ROOT / "workflow" / "envs" / "vqdna.yaml").read_text())["dependencies"]
     names = {re.split(r"[<>=!]", d)[0] for d in env if isinstance(d, str)}
-    alias = {"torch": "pytorch", "snakemake": "snakemake-minimal", "matplotlib": "matplotlib-base"}
+    alias = {"torch": "pytorch", "snakemake": "snakemake-minimal", "matplotlib": "matplotlib-base",
+             "isal": "python-isal"}
     missing = [d for d in deps if alias.get(n := re.split(r"[<>=!\[ ]", d)[0], n) not in names]
     assert not missing, f"pyproject dependencies missing from workflow/envs/vqdna.yaml: {missing}"
