@@ -101,3 +101,14 @@ def test_random_crop_is_seeded_and_bounded():
     b = random_crop(tokens, 128, np.random.default_rng(5))
     assert len(a) == 128 and np.array_equal(a, b) and np.array_equal(a[:, 0], np.arange(a[0, 0], a[0, 0] + 128))
     assert random_crop(tokens[:50], 128, np.random.default_rng(0)) is not None and len(random_crop(tokens[:50], 128, np.random.default_rng(0))) == 50
+
+
+def test_cast_frozen_touches_only_frozen_weights(assets):
+    from vqdna.finetune.model import cast_frozen
+
+    d, _, _ = assets
+    model = build_model(str(d / "bb"), 2, FT, PARAMS)
+    n = cast_frozen(model)
+    assert n == sum(p.numel() for p in model.parameters() if not p.requires_grad) > 0
+    for name, p in model.named_parameters():
+        assert p.dtype == (torch.float32 if p.requires_grad else torch.bfloat16), name

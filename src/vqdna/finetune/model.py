@@ -84,5 +84,17 @@ def wrap_backbone(backbone: nn.Module, hidden: int, num_labels: int, ft_cfg: dic
                          head_dropout=ft_cfg["head_dropout"], has_cls=ft_cfg["add_cls"])
 
 
+def cast_frozen(model: nn.Module, dtype: torch.dtype = torch.bfloat16) -> int:
+    """Store every frozen parameter in `dtype` (LoRA: the whole base model). Under bf16 autocast
+    those weights were cast on every forward anyway; storing them once in bf16 saves the casts and
+    half their memory. Trainable adapters and the head stay fp32. GPU + autocast only."""
+    n = 0
+    for p in model.parameters():
+        if not p.requires_grad and p.dtype != dtype:
+            p.data = p.data.to(dtype)
+            n += p.numel()
+    return n
+
+
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
     return [p for p in model.parameters() if p.requires_grad]

@@ -61,6 +61,10 @@ def finetune_once(*, data_dir, tokenizer_dir, backbone_dir, params: dict, seed: 
     num_out = 1 if task == "regression" else int(meta["num_labels"])
     model = build_model(str(backbone_dir), num_out, ft_cfg, params).to(device)
     bconf = model.backbone.config
+    if ft_cfg["frozen_bf16"] and ft_cfg["bf16"] and device.type == "cuda":
+        from .model import cast_frozen
+
+        cast_frozen(model)
     if ft_cfg["compile"] and device.type == "cuda":
         # dynamic: inference runs at each dataset's full length, training at <= train_max_tokens
         model.backbone = torch.compile(model.backbone, dynamic=True)
