@@ -145,6 +145,55 @@ def run_one(name, build, kind, args, device, levels, vocab) -> dict:
     return res
 
 
+def schema_defaults() -> dict:
+    """finetune.* defaults straight from the schema (the GPU host has pyyaml but no jsonschema)."""
+    import yaml
+
+    props = yaml.safe_load((ROOT / "src/vqdna/schemas/finetune.schema.yaml").read_text())["properties"]
+    out = {}
+    for k, v in props.items():
+        d = v.get("default")
+        if isinstance(d, dict) and "properties" in v:
+            d = {kk: vv.get("default") for kk, vv in v["properties"].items()} | d
+        out[k] = d
+    return out
+
+
+def pipeline_check(args) -> dict:
+    """The real `vqdna finetune` path (finetune_once) on the shipped demo covid stand-in (1000 nt,
+    9 classes; training crops to 512 tokens, inference at full length) with a random BERT-base
+    backbone: eager vs finetune.frozen_bf16 + finetune.compile (dynamic shapes). Wall clock
+    includes tokenization, compilation and evaluation; the point is that the path runs."""
+    import tempfile
+
+    from vqdna.datasets.gue import load_gue
+    from vqdna.datasets.registry import read_table
+    from vqdna.datasets.store import write_prepared
+    from vqdna.finetune.run import finetune_once
+    from vqdna.finetune.tiny import save_tiny_backbone
+    from vqdna.tokenizers.onehot import OneHotTokenizer
+
+    tmp = Path(tempfile.mkdtemp())
+    spec = next(r for r in read_table(ROOT / "config/datasets.demo.tsv") if r.name == "covid")
+    splits, _ = load_gue(ROOT / spec.source, spec, non_acgt="error", seed=0)
+    write_prepared(tmp / "data", splits, {"task": "classification", "num_labels": 9, "metric": "f1_macro",
+                                          "family": "CVC", "demo_stand_in": True})
+    tok = OneHotTokenizer()
+    tok.save_pretrained(tmp / "tok")
+    save_tiny_backbone(tmp / "bb", tok, **(TINY if args.tiny else BERT_BASE))
+    out = {}
+    for name, extra in (("eager", {}), ("frozen_bf16+compile", {"frozen_bf16": True, "compile": True})):
+        ft = {**schema_defaults(), "train_max_tokens": 513, "eval_batch_size": 32, **extra}
+        t0 = time.perf_counter()
+        res = finetune_once(data_dir=tmp / "data", tokenizer_dir=tmp / "tok", backbone_dir=tmp / "bb",
+                            params={"lr": 5e-5, "lora_dropout": 0.05, "epochs": 2}, seed=0, ft_cfg=ft,
+                            device_name=args.device, progress=False)
+        out[name] = {"wall_s": time.perf_counter() - t0, "fit_s": res["fit"]["seconds"], "steps": res["fit"]["steps"],
+                     "dev": res["dev"], "test": res["test"], "device": res["device"]}
+        print(f"  pipeline {name:20s} wall {out[name]['wall_s']:.1f}s fit {out[name]['fit_s']:.1f}s dev f1 {res['dev']['f1_macro']:.3f}", flush=True)
+    return out
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -160,6 +209,7 @@ def main(argv=None) -> int:
     ap.add_argument("--compile", action="store_true", help="also time torch.compile'd backbones (both models, bf16 weights)")
     ap.add_argument("--only", default="", help="comma list of modes to run (vqdna, stock_bert, +bf16w = frozen weights in bf16, +compile)")
     ap.add_argument("--out", default=None, help="JSON output (default: print only); rewritten after every mode")
+    ap.add_argument("--pipeline", action="store_true", help="only run the `vqdna finetune` path check (pipeline_check)")
     args = ap.parse_args(argv)
     if args.tiny:
         args.batch, args.infer_batch, args.train_len, args.infer_len = 4, 4, 64, 100
@@ -185,6 +235,8 @@ def main(argv=None) -> int:
           f"batch {args.batch}, train {args.train_len}+1 tokens, infer {args.infer_len}+1 tokens x {args.infer_batch}", flush=True)
     if args.only:
         builds = {k: v for k, v in builds.items() if k in args.only.split(",")}
+    if args.pipeline:
+        builds = {}
     import peft
     import transformers
 
@@ -208,6 +260,11 @@ def main(argv=None) -> int:
         if args.out:  # partial results survive a time limit
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
             Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+    if args.pipeline:
+        record["pipeline_check"] = pipeline_check(args)
+        if args.out:
+            Path(args.out).write_text(json.dumps(record, indent=2) + "\n")
+        return 0
     if "vqdna" not in results or "stock_bert" not in results:
         return 0
     best = max((n for n in results if n.startswith("vqdna")), key=lambda n: results[n]["train"]["samples_per_s"])
