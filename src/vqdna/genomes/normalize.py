@@ -32,7 +32,7 @@ def write_gzip_fasta(records, out: Path) -> dict:
     n = bases = 0
     with atomic_path(out) as tmp:
         # mtime=0: the same records give the same bytes (stable sha256)
-        with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
+        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", fileobj=raw, mode="wb", compresslevel=6, mtime=0) as gz:
             for rid, seq in records:
                 gz.write(b">" + rid.encode() + b"\n")
                 for i in range(0, len(seq), 80):
