@@ -56,6 +56,8 @@ rule prepare_dataset:
         "logs/datasets/{dataset}.log",
     resources:
         **stage_resources("prepare-dataset"),
+    conda:
+        "../envs/cpu.yaml"
     shell:
         vqdna("prepare-dataset") + f" --dataset {{wildcards.dataset}} --out {FT_PREP}/{{wildcards.dataset}} > {{log}} 2>&1"
 
@@ -71,6 +73,8 @@ rule finetune:
         "logs/finetune/{tok}/{dataset}/{point}/seed{seed}.log",
     resources:
         **stage_resources("finetune"),
+    conda:
+        "../envs/vqdna.yaml"
     shell:
         launcher("finetune") + " --tokenizer {wildcards.tok} --dataset {wildcards.dataset}"
         f" --point {{wildcards.point}} --seed {{wildcards.seed}} --data {FT_PREP}/{{wildcards.dataset}}"
@@ -90,6 +94,8 @@ rule summarize_finetune:
         "logs/finetune/{tok}/{dataset}/summarize.log",
     resources:
         **stage_resources("summarize"),
+    conda:
+        "../envs/cpu.yaml"
     shell:
         vqdna("summarize") + " --tokenizer {wildcards.tok} --dataset {wildcards.dataset}"
         f" --runs {FT_OUT}/{{wildcards.tok}}/{{wildcards.dataset}}/runs --data {FT_PREP}/{{wildcards.dataset}}"

@@ -47,7 +47,7 @@ rule download_genome:
     resources:
         **stage_resources("download"),
     conda:
-        "../envs/vqdna.yaml"
+        "../envs/cpu.yaml"
     shell:
         f"{vqdna('download')} --accession {{wildcards.accession}} --out-dir {GENOMES_DIR} > {{log}} 2>&1"
 
@@ -62,7 +62,7 @@ rule genome_manifest:
     resources:
         **stage_resources("download"),
     conda:
-        "../envs/vqdna.yaml"
+        "../envs/cpu.yaml"
     shell:
         f"{vqdna('download')} --manifest --out-dir {GENOMES_DIR} > {{log}} 2>&1"
 
@@ -78,7 +78,7 @@ rule shard_prepare:
     resources:
         **stage_resources("shard"),
     conda:
-        "../envs/vqdna.yaml"
+        "../envs/cpu.yaml"
     shell:
         f"{vqdna('shard')} --step prepare --accession {{wildcards.accession}} --genome {{input}}"
         f" --shards-dir {SHARDS_DIR} > {{log}} 2>&1"
@@ -94,7 +94,7 @@ rule shard_plan:
     resources:
         **stage_resources("shard"),
     conda:
-        "../envs/vqdna.yaml"
+        "../envs/cpu.yaml"
     shell:
         f"{vqdna('shard')} --step plan --shards-dir {SHARDS_DIR} > {{log}} 2>&1"
 
@@ -112,7 +112,7 @@ rule shard_write:
     resources:
         **stage_resources("shard"),
     conda:
-        "../envs/vqdna.yaml"
+        "../envs/cpu.yaml"
     shell:
         f"{vqdna('shard')} --step write --split {{wildcards.split}} --index {{wildcards.index}}"
         f" --shards-dir {SHARDS_DIR} > {{log}} 2>&1"
@@ -136,7 +136,7 @@ rule shard_manifest:
     resources:
         **stage_resources("shard"),
     conda:
-        "../envs/vqdna.yaml"
+        "../envs/cpu.yaml"
     shell:
         f"{vqdna('shard')} --step manifest --shards-dir {SHARDS_DIR} > {{log}} 2>&1"
 

@@ -20,6 +20,8 @@ rule tokenize:
         "logs/tokens/{tok}_{split}.log",
     resources:
         **stage_resources("tokenize"),
+    conda:
+        "../envs/vqdna.yaml"
     shell:
         launcher("tokenize") + " --tokenizer results/tokenizers/{wildcards.tok} --shards results/shards"
         " --split {wildcards.split} --out results/tokens/{wildcards.tok} --name {wildcards.tok} > {log} 2>&1"
@@ -35,6 +37,8 @@ rule pretrain:
         "logs/pretrain/{tok}.log",
     resources:
         **stage_resources("pretrain"),
+    conda:
+        "../envs/vqdna.yaml"
     shell:
         launcher("pretrain") + " --tokens results/tokens/{wildcards.tok} --tokenizer results/tokenizers/{wildcards.tok}"
         " --out results/pretrain/{wildcards.tok} --name {wildcards.tok} > {log} 2>&1"

@@ -40,6 +40,8 @@ rule probe:
         tok=_alternatives(REPORT_TOKENIZERS),
     resources:
         **stage_resources("probe"),
+    conda:
+        "../envs/vqdna.yaml"
     shell:
         vqdna("probe") + " --tok {wildcards.tok} --dataset {wildcards.dataset}"
         f" --tokenizer-dir {FT_TOK_DIR}/{{wildcards.tok}} --pretrain-dir {FT_BACKBONE_DIR}/{{wildcards.tok}}"
@@ -68,6 +70,8 @@ rule probe_ablation:
         backbone=lambda wc, input: f"--pretrain-dir {FT_BACKBONE_DIR}/{wc.tok}" if input.backbone else "",
     resources:
         **stage_resources("probe"),
+    conda:
+        "../envs/vqdna.yaml"
     shell:
         vqdna("probe") + " --tok {wildcards.tok} --dataset {wildcards.dataset}"
         f" --features {REPORT['ablations']['probe_features']} {{params.backbone}}"
@@ -119,6 +123,8 @@ rule aggregate:
         "logs/report/aggregate.log",
     resources:
         **stage_resources("aggregate"),
+    conda:
+        "../envs/vqdna.yaml"
     shell:
         vqdna("aggregate") + " --probe-dir results/probe --tables results/tables --figures results/figures > {log} 2>&1"
 
@@ -137,6 +143,8 @@ rule report_html:
         "logs/report/report_html.log",
     params:
         snakefile=workflow.main_snakefile,
+    conda:
+        "../envs/vqdna.yaml"
     shell:
         "snakemake --snakefile {params.snakefile} --nolock --configfile " + RESOLVED_CONFIG
         + " --report {output} -- results/tables/manifest.json > {log} 2>&1"

@@ -24,6 +24,8 @@ rule train_tokenizer:
     threads: int(stage_resources("train-tokenizer").get("cpus_per_task", 1))
     resources:
         **stage_resources("train-tokenizer"),
+    conda:
+        "../envs/vqdna.yaml"
     shell:
         launcher("train-tokenizer") + " --name {wildcards.tok} --shards results/shards"
         " --out results/tokenizers/{wildcards.tok} --threads {threads} --no-progress > {log} 2>&1"
