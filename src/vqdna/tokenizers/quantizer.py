@@ -37,6 +37,13 @@ def nearest_code(x: torch.Tensor, embed: torch.Tensor, embed_sq: torch.Tensor | 
     return torch.addmm(embed_sq.unsqueeze(0), x, embed.t(), beta=1.0, alpha=-2.0).argmin(1)
 
 
+def code_counts(idx: torch.Tensor, size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """How often each of `size` codes occurs in idx. Unlike `torch.bincount` (which reads the largest
+    id back to the host on CUDA) this never synchronises, so a training step queues without stalls."""
+    return torch.zeros(size, device=idx.device, dtype=dtype).index_add_(
+        0, idx.reshape(-1), torch.ones(idx.numel(), device=idx.device, dtype=dtype))
+
+
 def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Lloyd's k-means on rows of x (distances by matrix products); returns (centroids [k, D], counts [k]).
 
@@ -48,7 +55,7 @@ def kmeans(x: torch.Tensor, k: int, iters: int, generator: torch.Generator) -> t
     counts = torch.zeros(k, device=x.device, dtype=x.dtype)
     for _ in range(max(1, iters)):
         assign = nearest_code(x, centroids)
-        counts = torch.bincount(assign, minlength=k).to(x.dtype)
+        counts = code_counts(assign, k, x.dtype)
         sums = torch.zeros_like(centroids).index_add_(0, assign, x)
         empty = counts == 0
         centroids = torch.where(empty[:, None], centroids, sums / counts.clamp_min(1)[:, None])
@@ -84,7 +91,7 @@ class EMACodebook(nn.Module):
     @torch.no_grad()
     def ema_update(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """One EMA step from latents x [N, D] assigned to idx [N]; returns the (all-reduced) counts."""
-        counts = torch.bincount(idx, minlength=self.size).to(x.dtype)
+        counts = code_counts(idx, self.size, x.dtype)
         sums = torch.zeros(self.size, self.dim, device=x.device, dtype=x.dtype).index_add_(0, idx, x)
         dist = _dist()
         if dist is not None:  # every rank sees the global batch statistics -> identical codebooks
@@ -196,7 +203,7 @@ class HierarchicalQuantizer(nn.Module):
                 z_hat_n = level_sum / (n + 1)  # Ẑ^(n): mean of the first n level embeddings
                 commit = commit + F.mse_loss(z, z_hat_n.detach())
                 codes.append(m)
-                counts.append(torch.bincount(m.reshape(-1), minlength=self.codebooks[n].size))
+                counts.append(code_counts(m, self.codebooks[n].size, torch.int64))
             z_last = latents[-1].float()
             z_hat = level_sum / len(self.codebooks)
             z_q = z_last + (z_hat - z_last).detach()  # straight-through: decoder grads go to Z^(N)

@@ -68,6 +68,7 @@ class TrainSettings:
     valid_length: int | None
     eval_batch_rows: int
     compile: bool = False
+    compile_mode: str = "default"
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainSettings":
@@ -169,9 +170,10 @@ def train_vq_tokenizer(
     model = VQVAE(model_cfg).to(dev)
     fused = dev.type == "cuda"
     if settings.compile and fused:
-        # in place (state_dict keys unchanged); the quantizer stays eager (data-dependent bincount/EMA)
-        model.encoder.compile()
-        model.decoder.compile()
+        # in place (state_dict keys unchanged); the quantizer stays eager (data-dependent EMA updates)
+        mode = None if settings.compile_mode == "default" else settings.compile_mode
+        model.encoder.compile(mode=mode)
+        model.decoder.compile(mode=mode)
     optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr,
                                   betas=settings.betas, fused=fused)
     train_model: torch.nn.Module = model
@@ -226,7 +228,10 @@ def train_vq_tokenizer(
         rows = stream.next_rows(settings.batch_size)
         crops = random_crops(rows, length, np.random.default_rng([seed, step]))
         local = crops[dist_info.rank * local_rows:(dist_info.rank + 1) * local_rows]
-        x = torch.from_numpy(np.ascontiguousarray(local)).to(dev, non_blocking=True).long()
+        x = torch.from_numpy(np.ascontiguousarray(local))
+        if dev.type == "cuda":  # from pageable memory the copy would wait for the GPU to drain
+            x = x.pin_memory()
+        x = x.to(dev, non_blocking=True).long()
 
         init_now = not codebooks_ready
         reinit_now = settings.kmeans_after_warmup and step == settings.warmup_steps and step > 0

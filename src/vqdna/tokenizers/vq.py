@@ -6,6 +6,9 @@ Two ways in:
   would change the codes near the end, the receptive field is ±20 nt).
 - `encode_codes(codes)` / `decode_codes(ids)` / `embed(ids)`: batched tensors on the
   tokenizer's device (`.to("cuda")`), for offline tokenization of whole shards.
+
+`enable_fast(settings)` switches `encode_codes` (and so `encode`) to the frozen bf16 inference
+path of `fast_encode.py` (same codes up to bf16 rounding near code boundaries); off by default.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from ..atomic import atomic_path, write_json
 from ..dna import INVALID, to_ascii, to_codes
 from ..errors import InputError
 from .base import GenomeTokenizer
+from .fast_encode import FastEncoder, FastEncodeSettings
 from .model import VQModelConfig, VQVAE
 
 WEIGHTS = "model.safetensors"
@@ -30,11 +34,16 @@ FORMAT = "vqdna-vq-tokenizer-v1"
 class VQTokenizer(GenomeTokenizer):
     """A trained (or fresh) VQ/HRQ model used as a frozen tokenizer."""
 
-    def __init__(self, model: VQVAE, *, batch_nt: int = 1 << 16, autocast: bool = True):
+    def __init__(self, model: VQVAE, *, batch_nt: int = 1 << 16, autocast: bool = True,
+                 fast: FastEncodeSettings | dict | None = None):
         self.model = model.eval()
         self.kind = model.config.kind
         self.batch_nt = batch_nt      # nucleotides per forward pass in encode()/decode()
         self.autocast = autocast      # bf16 autocast when on CUDA
+        self._fast_settings: FastEncodeSettings | None = None
+        self._fast: FastEncoder | None = None
+        if fast is not None:
+            self.enable_fast(fast)
 
     # ---- interface -------------------------------------------------------------------
     @property
@@ -51,7 +60,25 @@ class VQTokenizer(GenomeTokenizer):
 
     def to(self, device) -> "VQTokenizer":
         self.model.to(device)
+        self._fast = None  # rebuilt on the new device at the next encode
         return self
+
+    def enable_fast(self, settings: FastEncodeSettings | dict | None = None) -> "VQTokenizer":
+        """Encode through the frozen bf16 path (`fast_encode.py`); the weights are snapshotted at the
+        first encode, so call this again after changing them."""
+        if not isinstance(settings, FastEncodeSettings):
+            settings = FastEncodeSettings.from_dict(settings)
+        self._fast_settings, self._fast = settings, None
+        return self
+
+    @property
+    def fast_settings(self) -> FastEncodeSettings | None:
+        return self._fast_settings
+
+    def _fast_encoder(self) -> FastEncoder:
+        if self._fast is None:
+            self._fast = FastEncoder.from_model(self.model, self._fast_settings)
+        return self._fast
 
     def compile(self) -> "VQTokenizer":
         """torch.compile the encoder and decoder in place (worth it on CUDA: fuses norms, GELU and transposes)."""
@@ -69,11 +96,14 @@ class VQTokenizer(GenomeTokenizer):
 
     # ---- batched tensor path -----------------------------------------------------------
     @torch.inference_mode()
-    def encode_codes(self, codes: torch.Tensor) -> torch.Tensor:
-        """Nucleotide codes `[B, L]` (uint8/long, 0..3) -> code ids `Long[B, L, levels]` on the tokenizer's device."""
-        codes = codes.to(self.device, non_blocking=True).long()
+    def encode_codes(self, codes: torch.Tensor, *, out_dtype: torch.dtype = torch.long) -> torch.Tensor:
+        """Nucleotide codes `[B, L]` (uint8/long, 0..3) -> code ids `[B, L, levels]` (`out_dtype`, default
+        long) on the tokenizer's device."""
+        codes = codes.to(self.device, non_blocking=True)
+        if self._fast_settings is not None:
+            return self._fast_encoder()(codes).to(out_dtype)
         with self._autocast():
-            return self.model.encode(codes)
+            return self.model.encode(codes.long()).to(out_dtype)
 
     @torch.inference_mode()
     def decode_codes(self, ids: torch.Tensor) -> torch.Tensor:

@@ -18,7 +18,8 @@ import numpy as np
 
 from ..atomic import atomic_path, write_json
 from ..errors import ConfigError, InputError
-from .encode import BatchEncoder, first_invalid, tokens_per_window
+from ..dna import to_codes
+from .encode import BatchEncoder, first_invalid_codes, tokens_per_window
 from .format import TokenMeta, directory_sha256, id_dtype, token_paths
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ def run(args, cfg) -> int:
     rank, world = _dist_env()
     name = args.name or Path(args.tokenizer).name
     params = {"tokenizer": name, "split": args.split, "batch_nt": tcfg.get("batch_nt"),
-              "compile": tcfg.get("compile"), "world_size": world}
+              "compile": tcfg.get("compile"), "fast": tcfg.get("fast"), "world_size": world}
     if rank != 0:
         tokenize_split(args.tokenizer, args.shards, args.split, args.out, cfg, name=name)
         return 0
@@ -104,35 +105,56 @@ def tokenize_split(tokenizer_dir, shards_root, split: str, out_dir, cfg: dict, *
     first, last = _block(len(shards), rank, world)
     row_start = int(sum(rows_per_shard[:first]))
     my_rows = int(sum(rows_per_shard[first:last]))
-    encoder = BatchEncoder(tokenizer, width, dtype, device, compile=bool(tcfg.get("compile", False)))
+    fast = dict(tcfg.get("fast") or {})
+    fast = fast if fast.pop("enabled", False) else None
+    encoder = BatchEncoder(tokenizer, width, dtype, device, compile=bool(tcfg.get("compile", False)), fast=fast)
     ids_out = np.memmap(tmp_bin, dtype=dtype, mode="r+", shape=meta.shape)
     lengths = np.full(my_rows, width, dtype=np.uint32)
     rows_per_batch = max(1, batch_nt // window)
     t0 = time.perf_counter()
+
+    def load(path):
+        # in the reader thread: pages in, ASCII -> codes and the validity check off the main thread
+        ascii_rows = np.ascontiguousarray(_ascii(open_shard(path)))
+        codes = to_codes(ascii_rows.reshape(-1)).reshape(ascii_rows.shape)
+        return ascii_rows, codes, first_invalid_codes(codes)
+
     try:
         with ThreadPoolExecutor(max_workers=1) as pool, tqdm(
             total=my_rows * window, unit="nt", unit_scale=True, disable=rank != 0,
             desc=f"tokenize {meta.tokenizer}/{split}",
         ) as bar:
-            load = lambda p: np.ascontiguousarray(_ascii(open_shard(p)))  # noqa: E731 - read pages in the thread
             pending = pool.submit(load, shards[first]) if first < last else None
+            in_flight = None  # (handle, row, rows, shard, first row in shard): one batch stays queued
             row = 0
+
+            def finish(job) -> None:
+                handle, at, n, shard, i = job
+                try:
+                    ids, real = encoder.result(handle)
+                except ValueError as exc:
+                    raise InputError(shard, str(exc), record=f"rows {i}..{i + n - 1}") from None
+                ids_out[row_start + at: row_start + at + n] = ids
+                lengths[at: at + n] = real
+                bar.update(n * window)
+
             for s in range(first, last):
-                ascii_rows = pending.result()
+                ascii_rows, codes, bad = pending.result()
                 pending = pool.submit(load, shards[s + 1]) if s + 1 < last else None
-                bad = first_invalid(ascii_rows)
                 if bad is not None:
                     raise InputError(shards[s], "window holds a symbol other than A/C/G/T", record=str(bad))
                 for i in range(0, len(ascii_rows), rows_per_batch):
-                    chunk = ascii_rows[i:i + rows_per_batch]
+                    n = len(ascii_rows[i:i + rows_per_batch])
                     try:
-                        ids, real = encoder(chunk)
+                        handle = encoder.submit(ascii_rows[i:i + n], codes=codes[i:i + n])
                     except ValueError as exc:
-                        raise InputError(shards[s], str(exc), record=f"rows {i}..{i + len(chunk) - 1}") from None
-                    ids_out[row_start + row: row_start + row + len(chunk)] = ids
-                    lengths[row: row + len(chunk)] = real
-                    row += len(chunk)
-                    bar.update(chunk.size)
+                        raise InputError(shards[s], str(exc), record=f"rows {i}..{i + n - 1}") from None
+                    if in_flight is not None:
+                        finish(in_flight)
+                    in_flight = (handle, row, n, shards[s], i)
+                    row += n
+            if in_flight is not None:
+                finish(in_flight)
         ids_out.flush()
         del ids_out
         elapsed = time.perf_counter() - t0
