@@ -25,8 +25,9 @@ def test_paper_table_lists_the_appendix_c_species():
     species = {r.species for r in every}
     assert {"Homo sapiens", "Mus musculus", "Saccharomyces cerevisiae", "Phytophthora sojae"} <= species
     included = read_genome_table(ROOT / "config" / "genomes.tsv")
-    # pretraining genomes are RefSeq reference assemblies; the species-task genomes are GenBank too
-    assert included and all(r.accession.startswith("GCF_") for r in included if r.category != "Species-task")
+    # every included row is an NCBI assembly accession (pretraining: RefSeq; species task: GenBank)
+    assert included and all(r.accession.startswith(("GCF_", "GCA_")) for r in included)
+    assert all(r.accession.startswith("GCF_") for r in included if r.roles == {"pretrain"})
 
 
 @pytest.mark.parametrize("text,message", [

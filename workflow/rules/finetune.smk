@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 
 from vqdna.datasets.registry import load_registry
+from vqdna.datasets.species_genomes import species_genomes
 from vqdna.finetune.grid import grid_points
 
 FT = config["finetune"]
@@ -39,7 +40,7 @@ def dataset_source_files(wildcards):
     """Local files a dataset is built from, so editing them re-runs its jobs (URLs: fetched in the job)."""
     spec = FT_DATASETS[wildcards.dataset]
     if spec.format == "species":
-        return [f for g in config["datasets"]["species"]["genomes"] for f in g["files"]]
+        return [f for g in species_genomes(config) for f in g["files"]]
     src = Path(spec.source)
     if spec.source.startswith(("http://", "https://", "file://")) or not src.is_dir():
         return []

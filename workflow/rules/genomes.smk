@@ -8,6 +8,8 @@
 #   genome_manifest   all genomes          -> resources/genomes/manifest.tsv
 #   shard_prepare     one job per genome   -> results/shards/prep/{acc}.seq (clean bases, read once)
 #                                             + {acc}.windows.npz (every window, its record and split)
+#                     pretrain genomes only (table column role): species-task-only genomes are
+#                     downloaded for the species task, never sharded
 #   shard_plan        all genomes          -> results/shards/plan.json: window counts per genome and split;
 #                                             shard i of k holds rows i*n//k..(i+1)*n//k of the split's order
 #   shard_write       one job per shard    -> results/shards/{split}/{index:05d}.arrow, gathered from the
@@ -21,16 +23,18 @@
 import re
 
 from vqdna.genomes.download import local_source_inputs
-from vqdna.genomes.table import read_genome_table
+from vqdna.genomes.table import PRETRAIN, read_genome_table, rows_with_role
 
 GENOME_ROWS = read_genome_table(config["genomes"]["table"])
 GENOME_ACCESSIONS = [row.accession for row in GENOME_ROWS]
+PRETRAIN_ACCESSIONS = [row.accession for row in rows_with_role(GENOME_ROWS, PRETRAIN)]
 GENOMES_DIR = "resources/genomes"
 SHARDS_DIR = "results/shards"
 
 
 wildcard_constraints:
     accession="|".join(re.escape(a) for a in GENOME_ACCESSIONS) or "NONE",
+    pretrain_accession="|".join(re.escape(a) for a in PRETRAIN_ACCESSIONS) or "NONE",
     split="train|valid",
     index=r"\d{5}",
 
@@ -69,24 +73,24 @@ rule genome_manifest:
 
 rule shard_prepare:
     input:
-        f"{GENOMES_DIR}/{{accession}}.fna.gz",
+        f"{GENOMES_DIR}/{{pretrain_accession}}.fna.gz",
     output:
-        seq=f"{SHARDS_DIR}/prep/{{accession}}.seq",
-        index=f"{SHARDS_DIR}/prep/{{accession}}.windows.npz",
+        seq=f"{SHARDS_DIR}/prep/{{pretrain_accession}}.seq",
+        index=f"{SHARDS_DIR}/prep/{{pretrain_accession}}.windows.npz",
     log:
-        "logs/shards/prepare_{accession}.log",
+        "logs/shards/prepare_{pretrain_accession}.log",
     resources:
         **stage_resources("shard"),
     conda:
         "../envs/cpu.yaml"
     shell:
-        f"{vqdna('shard')} --step prepare --accession {{wildcards.accession}} --genome {{input}}"
+        f"{vqdna('shard')} --step prepare --accession {{wildcards.pretrain_accession}} --genome {{input}}"
         f" --shards-dir {SHARDS_DIR} > {{log}} 2>&1"
 
 
 rule shard_plan:
     input:
-        expand(f"{SHARDS_DIR}/prep/{{accession}}.windows.npz", accession=GENOME_ACCESSIONS),
+        expand(f"{SHARDS_DIR}/prep/{{accession}}.windows.npz", accession=PRETRAIN_ACCESSIONS),
     output:
         f"{SHARDS_DIR}/plan.json",
     log:
@@ -103,7 +107,7 @@ rule shard_write:
     input:
         plan=f"{SHARDS_DIR}/plan.json",
         prep=expand(
-            f"{SHARDS_DIR}/prep/{{accession}}.{{ext}}", accession=GENOME_ACCESSIONS, ext=["seq", "windows.npz"]
+            f"{SHARDS_DIR}/prep/{{accession}}.{{ext}}", accession=PRETRAIN_ACCESSIONS, ext=["seq", "windows.npz"]
         ),
     output:
         f"{SHARDS_DIR}/{{split}}/{{index}}.arrow",

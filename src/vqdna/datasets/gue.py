@@ -1,9 +1,10 @@
 """GUE CSV loader (DNABERT-2 benchmark): header `sequence,label`, one file per split.
 
-Two layouts are accepted in a dataset directory:
-- DNABERT-2 folders: `{dir}/train.csv`, `{dir}/dev.csv`, `{dir}/test.csv`;
-- flattened mirror names: one file per split ending in `_train.csv`/`-train.csv`/`.train.csv`
-  (e.g. `emp_H3_train.csv`), as some Hugging Face mirrors store them.
+A dataset directory holds `train.csv`, `dev.csv`, `test.csv`. That is the file naming of both
+DNABERT-2's own download (`GUE/EMP/H3/`, `GUE/tf/0/`, ...) and the leannmlindsey/GUE Hugging Face
+mirror, which only flattens the folder names (`GUE/emp_H3/`, `GUE/human_tf_0/`; the mapping is in
+config/datasets.tsv and docs/datasets-sources.md). Files named per split with a prefix
+(`emp_H3_train.csv`, `x-dev.csv`, `x.test.csv`), as hand-made copies sometimes are, are accepted too.
 """
 
 from __future__ import annotations

@@ -27,8 +27,9 @@ def load_dataset(spec, cfg: dict):
     seed = int(cfg.get("seed", 0))
     if spec.format == "species":
         from .species import build_species
+        from .species_genomes import species_genomes
 
-        splits, stats = build_species(spec, dcfg["species"], seed=seed)
+        splits, stats = build_species(spec, {**dcfg["species"], "genomes": species_genomes(cfg)}, seed=seed)
         return splits, stats, {}
     directory, digests = fetch_dataset(spec, dcfg)
     if spec.format == "gue_csv":

@@ -22,7 +22,7 @@ from ..config import section
 from ..errors import InputError
 from .plan import build_plan, shard_names, split_order
 from .prepare import SPLITS, prep_paths, prepare_genome
-from .table import genome_by_accession, read_genome_table
+from .table import PRETRAIN, genome_with_role, read_genome_table, rows_with_role
 from .windows import WindowParams
 from .writer import shard_path, write_shard
 
@@ -52,13 +52,17 @@ def run(args, cfg) -> int:
     shards_dir = Path(args.shards_dir)
     prep_dir = shards_dir / "prep"
     plan_path = shards_dir / "plan.json"
-    rows = read_genome_table(table)
+    # species-task-only genomes are downloaded but never enter the pre-training corpus
+    included = read_genome_table(table)
+    rows = rows_with_role(included, PRETRAIN)
     params = WindowParams.from_config(scfg)
     # argument errors before anything is opened or logged
+    if not rows and args.step in ("plan", "all"):
+        raise InputError(table, f"no included genome has role {PRETRAIN!r}: nothing to shard")
     if args.step == "prepare" and not args.accession:
         raise InputError(table, "--step prepare needs --accession")
     if args.step == "prepare":
-        genome_by_accession(rows, args.accession, table)
+        genome_with_role(included, args.accession, PRETRAIN, table)
     if args.step == "write" and (args.split is None or args.index is None):
         raise InputError(plan_path, "--step write needs --split and --index")
     name = {"prepare": f"shard/prepare/{args.accession}", "write": f"shard/{args.split}/{args.index}"}.get(
@@ -66,7 +70,7 @@ def run(args, cfg) -> int:
     with start_run(cfg, stage="shard", name=name, params={"shards": scfg, "step": args.step}) as mlrun:
         t0 = time.perf_counter()
         if args.step in ("prepare", "all"):
-            todo = [genome_by_accession(rows, args.accession, table)] if args.step == "prepare" else rows
+            todo = [genome_with_role(included, args.accession, PRETRAIN, table)] if args.step == "prepare" else rows
             for row in todo:
                 meta = prepare_one(args, row, params, scfg, prep_dir)
                 mlrun.log_metrics({f"{row.accession}.{k}": v for k, v in meta.items()

@@ -10,6 +10,12 @@ Tab-separated, one genome per row, `#` starts a comment line. Columns:
                           file whose name starts with the accession
     sha256     optional  expected sha256 of the file as fetched (NCBI payload or local file)
     include    optional  yes/no (default yes); `no` keeps a documented row out of the run
+    role       optional  what the genome is used for, one or more of ROLES joined by `,`
+                         (default `pretrain`): `pretrain` rows are cut into the pre-training
+                         shards, `species_task` rows only feed the species classification task
+                         (datasets.species.genomes refers to them by accession). Every included
+                         row is downloaded whatever its role.
+    source     optional  where the accession was verified (URL or file); free text
     note       optional  free text
 """
 
@@ -17,13 +23,17 @@ from __future__ import annotations
 
 import csv
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InputError
 
 REQUIRED = ("accession", "species", "category")
-OPTIONAL = ("file", "sha256", "include", "note")
+OPTIONAL = ("file", "sha256", "include", "role", "source", "note")
+PRETRAIN = "pretrain"
+SPECIES_TASK = "species_task"
+ROLES = (PRETRAIN, SPECIES_TASK)
+DEFAULT_ROLES = frozenset({PRETRAIN})  # tables written before the role column meant "shard everything"
 _ACCESSION = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -37,6 +47,12 @@ class GenomeRow:
     sha256: str = ""
     include: bool = True
     note: str = ""
+    roles: frozenset[str] = DEFAULT_ROLES
+    source: str = ""
+    line: int = field(default=0, compare=False)  # 1-based line in the table, for error messages
+
+    def has_role(self, role: str) -> bool:
+        return role in self.roles
 
 
 def read_genome_table(path: str | Path, *, included_only: bool = True) -> list[GenomeRow]:
@@ -83,8 +99,37 @@ def read_genome_table(path: str | Path, *, included_only: bool = True) -> list[G
             accession=acc, species=record["species"], category=record["category"],
             file=record.get("file", ""), sha256=sha,
             include=include_raw in ("yes", "true", "1"), note=record.get("note", ""),
+            roles=_parse_roles(path, record.get("role", ""), lineno, acc),
+            source=record.get("source", ""), line=lineno,
         ))
     return [r for r in rows if r.include] if included_only else rows
+
+
+def _parse_roles(path: Path, text: str, lineno: int, acc: str) -> frozenset[str]:
+    if not text:
+        return DEFAULT_ROLES
+    roles = [r.strip() for r in text.split(",")]
+    unknown = [r for r in roles if r not in ROLES]
+    if unknown or not all(roles):
+        raise InputError(path, f"role must be one or more of {list(ROLES)} joined by ',', got {text!r}",
+                         line=lineno, record=acc)
+    return frozenset(roles)
+
+
+def rows_with_role(rows: list[GenomeRow], role: str) -> list[GenomeRow]:
+    """The rows used for `role`, in table order."""
+    if role not in ROLES:
+        raise ValueError(f"unknown genome role {role!r}")
+    return [r for r in rows if r.has_role(role)]
+
+
+def genome_with_role(rows: list[GenomeRow], accession: str, role: str, table: str | Path) -> GenomeRow:
+    """The included row of `accession`, which must carry `role`; the error names the table line."""
+    row = genome_by_accession(rows, accession, table)
+    if not row.has_role(role):
+        raise InputError(table, f"genome is used as {sorted(row.roles)}, not {role!r}; add {role!r} to its "
+                         f"role column to use it here", line=row.line, record=accession)
+    return row
 
 
 def genome_by_accession(rows: list[GenomeRow], accession: str, table: str | Path) -> GenomeRow:
