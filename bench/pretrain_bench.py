@@ -1,41 +1,69 @@
 """Tokens/s and MFU of one stage-2 pretraining step: vqdna's backbone vs stock transformers BERT.
 
 Both models get the same shapes (BERT-base, length 256, the same vocabulary of tokenizer ids
-plus [PAD]/[MASK]/[CLS], 25% masking, dropout 0.1 on hidden states and none on attention),
-bf16 autocast over fp32 master weights and fused AdamW, in the same process. Stock =
-`BertForMaskedLM` with `attn_implementation="sdpa"`, no attention mask (its best case).
-vqdna variants (each at the batch sizes given):
+plus [PAD]/[MASK]/[CLS], 25% masking 80/10/10, dropout 0.1 on hidden states and none on
+attention) and fused AdamW, in the same process. Stock = `BertForMaskedLM` with
+`attn_implementation="sdpa"`, bf16 autocast over fp32 weights, no attention mask (its best case).
+vqdna variants (`VARIANTS` below):
   vqdna                eager, bf16 autocast
   vqdna_compiled       encoder blocks under torch.compile (one graph shared by all blocks)
   vqdna_compiled_full  the whole encoder (embedding, blocks, final norm) as one compiled graph
   vqdna_bf16           bf16 weights and activations, fp32 master weights + fused AdamW
                        (vqdna.models.optim.MasterWeightAdamW), encoder blocks compiled
-  (run 2 profile: whole-encoder compilation recomputed the RoPE tables inside every block's
-  kernels, ~12 ms of a 98 ms step; compiling the blocks alone takes the tables as inputs)
+  vqdna_bf16_seed1     the same with other dropout draws: the run-to-run noise of a loss curve
+  vqdna_fp8            vqdna_bf16 + float8 matmuls in the blocks' linear layers (vqdna.models.fp8)
+  vqdna_fp8_eager      the same without torch.compile (amax and casts as separate kernels)
+  *_flash              SDPA restricted to the flash-attention backend (default: PyTorch's choice)
 
-    PYTHONPATH=src python bench/pretrain_bench.py --device cuda --out bench/results/pretrain_h100.json
+Every run of one batch size trains from the same initial weights on the same batches (real
+token files with `--tokens`, else random ids), learning rate warmed up linearly then constant,
+so the loss curves of the precisions can be compared step by step; the speed is the median
+step time after the warm-up steps (where compilation happens).
+
+    PYTHONPATH=src python3 bench/pretrain_bench.py --device cuda --tokens TOKDIR --out bench/results/pretrain_h200.json
     PYTHONPATH=src python bench/pretrain_bench.py --tiny --device cpu      # smoke test
 
 MFU counts the model FLOPs the MLM objective needs (same formula for both models): 6 x the
 encoder's matmul parameters + 12 x layers x T x H (attention scores and values) per token,
-plus the MLM head (dense + decoder) on the masked 25%; peak = the GPU's dense bf16 datasheet.
+plus the MLM head (dense + decoder) on the masked 25%; peak = the GPU's dense bf16 datasheet
+(also for the fp8 variant, so MFU stays comparable across precisions).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import statistics
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from vqdna.models import VQDNAConfig, VQDNAForMaskedLM
+from vqdna.models.fp8 import convert_to_float8
 from vqdna.models.masking import mask_tokens
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}
+
+VARIANTS = {
+    "stock": dict(stock=True),
+    "vqdna": dict(),
+    "vqdna_compiled": dict(compile="blocks"),
+    "vqdna_compiled_full": dict(compile="full"),
+    "vqdna_bf16": dict(compile="blocks", bf16=True),
+    "vqdna_bf16_seed1": dict(compile="blocks", bf16=True, dropout_seed=1),
+    "vqdna_fp8": dict(compile="blocks", bf16=True, fp8=True),
+    "vqdna_fp8_eager": dict(bf16=True, fp8=True),
+    "vqdna_fp8_full": dict(compile="full", bf16=True, fp8=True),
+}
+for _name in list(VARIANTS):
+    if _name != "stock" and "seed" not in _name:
+        VARIANTS[_name + "_flash"] = dict(VARIANTS[_name], sdpa="flash")
+
+DEFAULT_RUNS = "stock@256:30,vqdna_bf16@256:200,vqdna_fp8@256:200,vqdna_bf16_seed1@256:200,stock@512:20"
 
 
 def parse_args():
@@ -43,13 +71,17 @@ def parse_args():
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--tiny", action="store_true", help="toy sizes (CPU smoke test)")
     p.add_argument("--seq", type=int, default=256, help="tokens per sequence incl. [CLS]")
-    p.add_argument("--batches", default="128,256", help="comma-separated batch sizes (sequences)")
-    p.add_argument("--vocab", type=int, default=512, help="tokenizer ids (VQ codebook K)")
-    p.add_argument("--steps", type=int, default=20, help="timed steps per variant")
-    p.add_argument("--warmup", type=int, default=5, help="untimed steps per variant (compile happens here)")
-    p.add_argument("--variants", default="stock,vqdna,vqdna_compiled")
+    p.add_argument("--runs", default=DEFAULT_RUNS,
+                   help="comma-separated VARIANT@BATCH[:STEPS] in the order to run (steps after warm-up)")
+    p.add_argument("--tokens", default=None, help="token directory (vqdna tokenize output): train on its real ids")
+    p.add_argument("--vocab", type=int, default=512, help="tokenizer ids without --tokens (VQ codebook K)")
+    p.add_argument("--steps", type=int, default=20, help="timed steps of a run without :STEPS")
+    p.add_argument("--warmup", type=int, default=6, help="untimed steps per run (compilation happens here)")
+    p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (reached after --lr-warmup steps)")
+    p.add_argument("--lr-warmup", type=int, default=30)
+    p.add_argument("--curve-window", type=int, default=50, help="steps averaged at the end of a loss curve")
     p.add_argument("--profile", default=None, help="VARIANT@BATCH: print the top CUDA kernels of that run")
-    p.add_argument("--out", default=None, help="JSON file to write")
+    p.add_argument("--out", default=None, help="JSON file to write (rewritten after every run)")
     return p.parse_args()
 
 
@@ -66,9 +98,13 @@ def model_flops_per_token(arch: dict, seq: int, vocab: int, mask_ratio: float) -
     return 6 * matmul_params + 12 * L * seq * H + 6 * head * mask_ratio
 
 
+def make_config(arch, vocab, code_dim=384) -> VQDNAConfig:
+    return VQDNAConfig(levels=1, vocab_sizes=[vocab], embedding="codebook", code_dim=code_dim,
+                       hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0, **arch)
+
+
 def make_vqdna(arch, vocab, device, code_dim=384):
-    cfg = VQDNAConfig(levels=1, vocab_sizes=[vocab], embedding="codebook", code_dim=code_dim,
-                      hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0, **arch)
+    cfg = make_config(arch, vocab, code_dim)
     model = VQDNAForMaskedLM(cfg)
     model.load_code_vectors([torch.randn(vocab, code_dim)])
     return model.to(device)
@@ -82,10 +118,30 @@ def make_stock(arch, vocab, seq, device):
     return BertForMaskedLM(cfg).to(device)
 
 
-def random_batch(cfg: VQDNAConfig, batch: int, seq: int, device, gen):
-    ids = torch.randint(0, cfg.vocab_sizes[0], (batch, seq, 1), device=device, generator=gen)
-    ids[:, 0] = cfg.vocab_sizes[0] + 2  # [CLS]
-    return mask_tokens(ids, cfg, ratio=0.25, generator=gen)
+class Batches:
+    """Batch `step` of a run: the same masked ids for every variant (real token windows through
+    the pretraining batcher, or random ids)."""
+
+    def __init__(self, cfg: VQDNAConfig, batch: int, seq: int, device, tokens_dir: str | None):
+        self.cfg, self.batch, self.seq, self.device = cfg, batch, seq, device
+        self.file = self.batcher = None
+        if tokens_dir:
+            from vqdna.models.pretrain import MLMBatcher, PretrainSettings
+            from vqdna.tokens import TokenFile
+
+            self.file = TokenFile(tokens_dir, "train")
+            settings = PretrainSettings(max_len=seq, micro_batch_size=batch, mask_ratio=0.25)
+            self.batcher = MLMBatcher(cfg, settings, device, seed=0, tokens_per_window=self.file.meta.tokens_per_window)
+
+    def __call__(self, step: int):
+        if self.batcher is not None:
+            masked, attention_mask, labels = self.batcher.train_batch(self.file, step, 0, 0)
+            assert attention_mask is None, "fixed-rate token files give full windows"
+            return masked, labels
+        gen = torch.Generator(device=self.device).manual_seed(step)
+        ids = torch.randint(0, self.cfg.vocab_sizes[0], (self.batch, self.seq, 1), device=self.device, generator=gen)
+        ids[:, 0] = self.cfg.vocab_sizes[0] + 2  # [CLS]
+        return mask_tokens(ids, self.cfg, ratio=0.25, generator=gen)
 
 
 def sync(device):
@@ -93,28 +149,52 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_variant(name, model, cfg, batch, seq, args, device) -> dict:
-    stock = name == "stock"
-    pure_bf16 = name == "vqdna_bf16"
-    if name in ("vqdna_compiled", "vqdna_bf16"):
-        model.vqdna.encoder.compile_layers(dynamic=False)
-    elif name == "vqdna_compiled_full":
-        model.vqdna.compile(dynamic=False)
+def sdpa_context(spec: dict, device):
+    if spec.get("sdpa") == "flash" and device.type == "cuda":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+    return contextlib.nullcontext()
+
+
+def prepare(name: str, model, device):
+    """Apply a variant's precision and compilation to a fresh model; returns the optimizer."""
+    spec = VARIANTS[name]
     adamw = dict(lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01, fused=device.type == "cuda")
-    if pure_bf16:
+    if spec.get("bf16"):
         from vqdna.models.optim import MasterWeightAdamW
 
-        model.to(torch.bfloat16)
+        for p in model.parameters():  # parameters only: the frozen codebooks stay fp32 (as vqdna pretrain does)
+            p.data = p.data.to(torch.bfloat16)
         opt = MasterWeightAdamW([{"params": list(model.parameters())}], **adamw)
     else:
         opt = torch.optim.AdamW(model.parameters(), **adamw)
-    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
-                              enabled=device.type == "cuda" and not pure_bf16)
-    gen = torch.Generator(device=device).manual_seed(0)
-    model.train()
+    if spec.get("fp8"):
+        convert_to_float8(model)
+    if spec.get("compile") == "blocks":
+        model.vqdna.encoder.compile_layers(dynamic=False)
+    elif spec.get("compile") == "full":
+        model.vqdna.compile(dynamic=False)
+    return opt
 
-    def step():
-        masked, labels = random_batch(cfg, batch, seq, device, gen)
+
+def run_variant(name, batch, steps, args, arch, vocab, device, batches) -> dict:
+    spec = VARIANTS[name]
+    stock = spec.get("stock", False)
+    torch.manual_seed(0)  # the same initial weights for every vqdna run
+    model = make_stock(arch, vocab, args.seq_len, device) if stock else make_vqdna(arch, vocab, device)
+    opt = prepare(name, model, device)
+    autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
+                              enabled=device.type == "cuda" and not spec.get("bf16"))
+    dropout_seed = spec.get("dropout_seed", 0)
+    model.train()
+    total = args.warmup + steps
+
+    def step(s):
+        for group in opt.param_groups:
+            group["lr"] = args.lr * min(1.0, (s + 1) / args.lr_warmup)
+        masked, labels = batches(s)
+        torch.manual_seed(1_000_003 * dropout_seed + s)
         with autocast:
             if stock:
                 out = model(input_ids=masked[..., 0], labels=labels[..., 0])
@@ -123,64 +203,75 @@ def time_variant(name, model, cfg, batch, seq, args, device) -> dict:
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
-        return out.loss
+        return out.loss.detach()
 
-    t0 = time.perf_counter()
-    for _ in range(args.warmup):
-        step()
-    sync(device)
-    warm_s = time.perf_counter() - t0
-    times, losses = [], []
-    for _ in range(args.steps):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            losses.append(step().detach())
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            t = time.perf_counter()
-            losses.append(step().detach())
-            times.append(time.perf_counter() - t)
-    if args.profile == f"{name}@{batch}":
-        from torch.profiler import ProfilerActivity, profile
-
-        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-        with profile(activities=acts) as prof:
-            for _ in range(3):
-                step()
-            sync(device)
-        key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-        print(prof.key_averages().table(sort_by=key, row_limit=30, max_name_column_width=70))
+    losses, times = [], []
+    with sdpa_context(spec, device):
+        t0 = time.perf_counter()
+        for s in range(args.warmup):
+            losses.append(step(s))
+        sync(device)
+        warm_s = time.perf_counter() - t0
+        for s in range(args.warmup, total):
+            if device.type == "cuda":
+                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+                start.record()
+                losses.append(step(s))
+                end.record()
+                end.synchronize()
+                times.append(start.elapsed_time(end) / 1e3)
+            else:
+                t = time.perf_counter()
+                losses.append(step(s))
+                times.append(time.perf_counter() - t)
+        if args.profile == f"{name}@{batch}":
+            profile_steps(step, total, device)
     med = statistics.median(times)
-    tokens = batch * seq
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"variant": name, "batch": batch, "seq": seq, "step_s_median": med, "step_s_min": min(times),
-            "tokens_per_s": tokens / med, "warmup_s": warm_s, "final_loss": float(losses[-1]),
-            "max_mem_gib": mem}
+    curve = [float(l) for l in losses]
+    return {"variant": name, "batch": batch, "seq": args.seq_len, "steps": steps, "warmup_steps": args.warmup,
+            "step_s_median": med, "step_s_min": min(times), "tokens_per_s": batch * args.seq_len / med,
+            "warmup_s": warm_s, "final_loss": curve[-1], "max_mem_gib": mem, "loss_curve": curve}
 
 
-def correctness(arch, vocab, seq, device) -> dict:
-    """The fast paths against the same model in fp32 eager, same weights and batch (eval mode:
-    no dropout): relative error of the loss, the logits at masked positions and all gradients."""
+def profile_steps(step, first: int, device):
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for s in range(first, first + 3):
+            step(s)
+        sync(device)
+    key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=90))
+
+
+def correctness(arch, vocab, seq, device, batches) -> dict:
+    """One step of each precision against the same model in fp32 eager, same weights and a real
+    batch (eval mode: no dropout): relative error of the loss, the logits at masked positions and
+    all parameter gradients. The fp32 model runs with TF32 off."""
     torch.manual_seed(0)
     ref = make_vqdna(arch, vocab, device).eval()
-    gen = torch.Generator(device=device).manual_seed(1)
-    masked, labels = random_batch(ref.config, 8, seq, device, gen)
+    masked, labels = batches(10_000)
+    masked, labels = masked[:16], labels[:16]
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
     out_ref = ref(masked, None, labels=labels)
     out_ref.loss.backward()
+    torch.backends.cuda.matmul.allow_tf32 = tf32
     g_ref = torch.cat([p.grad.flatten().double() for p in ref.parameters() if p.grad is not None])
     cuda = device.type == "cuda"
     checks = {}
-    for name in ("autocast_compiled_blocks", "bf16_weights_compiled_blocks"):
+    for name, bf16_weights, fp8 in (("bf16_autocast", False, False), ("bf16_weights", True, False),
+                                    ("fp8", True, True)):
         fast = make_vqdna(arch, vocab, device).eval()
         fast.load_state_dict(ref.state_dict())
-        if name.startswith("bf16_weights"):
-            fast.to(torch.bfloat16)
-        if cuda:
-            fast.vqdna.encoder.compile_layers(dynamic=False)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda and name.startswith("autocast")):
+        if bf16_weights:
+            for p in fast.parameters():
+                p.data = p.data.to(torch.bfloat16)
+        if fp8:
+            convert_to_float8(fast)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda and not bf16_weights):
             out = fast(masked, None, labels=labels)
         out.loss.backward()
         g = torch.cat([p.grad.flatten().double() for p in fast.parameters() if p.grad is not None])
@@ -194,6 +285,55 @@ def correctness(arch, vocab, seq, device) -> dict:
     return checks
 
 
+def compare_curves(runs: list[dict], window: int) -> dict:
+    """Loss curves of runs with the same batches and init, against vqdna_bf16 at that batch:
+    mean loss over the last `window` steps, its difference, and the largest gap between the
+    `window`-step running means anywhere along the curve."""
+    out = {}
+    for ref in (r for r in runs if r["variant"] == "vqdna_bf16" and "loss_curve" in r):
+        a = np.array(ref["loss_curve"])
+        for r in runs:
+            if r is ref or r["batch"] != ref["batch"] or r["variant"] == "stock" or "loss_curve" not in r:
+                continue
+            b = np.array(r["loss_curve"])
+            n = min(len(a), len(b))
+            w = min(window, n)
+            if n < 2 * w:
+                continue
+            kernel = np.ones(w) / w
+            ra, rb = np.convolve(a[:n], kernel, "valid"), np.convolve(b[:n], kernel, "valid")
+            out[f"{r['variant']}_vs_vqdna_bf16@{ref['batch']}"] = {
+                "steps": int(n), "window": int(w),
+                "loss_first": float(b[0]), "ref_loss_first": float(a[0]),
+                "mean_last": float(b[n - w:n].mean()), "ref_mean_last": float(a[n - w:n].mean()),
+                "abs_diff_mean_last": float(abs(b[n - w:n].mean() - a[n - w:n].mean())),
+                "max_abs_diff_running_mean": float(np.abs(ra - rb).max()),
+            }
+    return out
+
+
+def summarise(result: dict) -> None:
+    ok = [r for r in result["runs"] if "tokens_per_s" in r]
+    stock = [r for r in ok if r["variant"] == "stock"]
+    ours = [r for r in ok if r["variant"] != "stock"]
+    if stock and ours:
+        best_stock = max(stock, key=lambda r: r["tokens_per_s"])
+        best_ours = max(ours, key=lambda r: r["tokens_per_s"])
+        same_batch = {r["batch"]: r["tokens_per_s"] for r in stock}
+        result["best_stock"] = {k: v for k, v in best_stock.items() if k != "loss_curve"}
+        result["best_vqdna"] = {k: v for k, v in best_ours.items() if k != "loss_curve"}
+        result["speedup_vs_stock"] = best_ours["tokens_per_s"] / best_stock["tokens_per_s"]
+        result["speedup_vs_stock_same_batch"] = {
+            f"{r['variant']}@{r['batch']}": r["tokens_per_s"] / same_batch[r["batch"]] for r in ours if r["batch"] in same_batch}
+    result["loss_curves"] = compare_curves(ok, result["curve_window"])
+
+
+def write(result: dict, path: str | None) -> None:
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=1) + "\n")
+
+
 def main():
     args = parse_args()
     device = torch.device(args.device)
@@ -202,70 +342,89 @@ def main():
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     arch = shapes(args)
-    seq = 32 if args.tiny else args.seq
-    batches = [4] if args.tiny else [int(b) for b in args.batches.split(",")]
+    args.seq_len = 32 if args.tiny else args.seq
+    runs = []
+    for item in args.runs.split(","):
+        name, _, rest = item.partition("@")
+        batch, _, steps = rest.partition(":")
+        if name not in VARIANTS:
+            raise SystemExit(f"unknown variant {name!r}; known: {sorted(VARIANTS)}")
+        runs.append((name, 4 if args.tiny else int(batch), int(steps) if steps else args.steps))
+    vocab = args.vocab
+    if args.tokens:
+        from vqdna.tokens import TokenFile
+
+        meta = TokenFile(args.tokens, "train").meta
+        if meta.levels != 1:
+            raise SystemExit(f"{args.tokens}: the bench takes single-level token files, not {meta.levels} levels")
+        vocab = int(meta.vocab_sizes[0])
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None)
-    flops_tok = model_flops_per_token(arch, seq, args.vocab, 0.25)
+    flops_tok = model_flops_per_token(arch, args.seq_len, vocab, 0.25)
+    cfg = make_config(arch, vocab)
+    batch_makers = {}
+
+    def batches_for(batch):
+        if batch not in batch_makers:
+            batch_makers[batch] = Batches(cfg, batch, args.seq_len, device, args.tokens)
+        return batch_makers[batch]
 
     result = {"bench": "pretrain_step", "device": gpu, "torch": torch.__version__,
-              "transformers": __import__("transformers").__version__, "shapes": arch, "seq": seq,
-              "vocab": args.vocab, "mask_ratio": 0.25, "precision": "bf16 autocast, fp32 master weights",
-              "optimizer": "AdamW fused", "model_flops_per_token": flops_tok, "peak_flops": peak,
-              "correctness": correctness(arch, args.vocab, seq, device), "runs": []}
-    print("correctness:", json.dumps(result["correctness"]))
-    for batch in batches:
-        for name in args.variants.split(","):
-            torch.manual_seed(0)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-                torch.cuda.reset_peak_memory_stats(device)
-            model = make_stock(arch, args.vocab, seq, device) if name == "stock" else make_vqdna(arch, args.vocab, device)
-            try:
-                r = time_variant(name, model, model.config if name != "stock" else make_vqdna_cfg(arch, args.vocab),
-                                 batch, seq, args, device)
-            except torch.OutOfMemoryError:
-                r = {"variant": name, "batch": batch, "seq": seq, "error": "out of memory"}
-            if "tokens_per_s" in r:
-                r["mfu"] = r["tokens_per_s"] * flops_tok / peak if peak else None
-            result["runs"].append(r)
-            print(json.dumps(r))
-            del model
-
-    ok = [r for r in result["runs"] if "tokens_per_s" in r]
-    stock = [r for r in ok if r["variant"] == "stock"]
-    ours = [r for r in ok if r["variant"] != "stock"]
-    if stock and ours:
-        best_stock = max(stock, key=lambda r: r["tokens_per_s"])
-        best_ours = max(ours, key=lambda r: r["tokens_per_s"])
-        same_batch = {r["batch"]: r["tokens_per_s"] for r in stock}
-        result["best_stock"] = best_stock
-        result["best_vqdna"] = best_ours
-        result["speedup_vs_stock"] = best_ours["tokens_per_s"] / best_stock["tokens_per_s"]
-        result["speedup_vs_stock_same_batch"] = {
-            f"{r['variant']}@{r['batch']}": r["tokens_per_s"] / same_batch[r["batch"]] for r in ours if r["batch"] in same_batch}
+              "transformers": __import__("transformers").__version__, "shapes": arch, "seq": args.seq_len,
+              "vocab": vocab, "tokens": args.tokens or "random ids", "mask_ratio": 0.25,
+              "hidden_dropout": 0.1, "attention_dropout": 0.0,
+              "precision": "stock: bf16 autocast over fp32 weights; vqdna: per variant",
+              "optimizer": "AdamW fused", "lr": {"peak": args.lr, "linear_warmup_steps": args.lr_warmup},
+              "model_flops_per_token": flops_tok, "peak_flops": peak, "curve_window": args.curve_window,
+              "variants": {k: v for k, v in VARIANTS.items()}, "complete": False, "runs": []}
+    t0 = time.perf_counter()
+    try:
+        result["correctness"] = correctness(arch, vocab, args.seq_len, device, batches_for(runs[0][1]))
+    except Exception as exc:  # noqa: BLE001 - record and carry on: the timings still matter
+        result["correctness"] = {"error": repr(exc)}
+    print("correctness:", json.dumps(result["correctness"]), f"({time.perf_counter() - t0:.0f} s)", flush=True)
+    write(result, args.out)
+    for name, batch, steps in runs:
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats(device)
+        t = time.perf_counter()
+        try:
+            r = run_variant(name, batch, steps, args, arch, vocab, device, batches_for(batch))
+            r["mfu"] = r["tokens_per_s"] * flops_tok / peak if peak else None
+        except Exception as exc:  # noqa: BLE001 - one failing variant must not lose the others
+            r = {"variant": name, "batch": batch, "seq": args.seq_len, "error": repr(exc)[:2000]}
+        r["wall_s"] = time.perf_counter() - t
+        result["runs"].append(r)
+        print(json.dumps({k: v for k, v in r.items() if k != "loss_curve"}), flush=True)
+        summarise(result)
+        write(result, args.out)
+    result["complete"] = True
+    summarise(result)
+    write(result, args.out)
     print_table(result)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-
-
-def make_vqdna_cfg(arch, vocab):
-    return VQDNAConfig(levels=1, vocab_sizes=[vocab], **arch)
 
 
 def print_table(result):
-    print(f"\n{result['device']}  seq={result['seq']}  shapes={result['shapes']}")
-    print(f"{'variant':<16}{'batch':>6}{'step ms':>10}{'tokens/s':>14}{'MFU':>8}{'mem GiB':>9}")
+    print(f"\n{result['device']}  seq={result['seq']}  shapes={result['shapes']}  tokens={result['tokens']}")
+    print(f"{'variant':<22}{'batch':>6}{'step ms':>10}{'tokens/s':>14}{'MFU':>8}{'mem GiB':>9}{'x stock':>9}{'loss':>8}")
+    same = result.get("speedup_vs_stock_same_batch", {})
+    stock = {r["batch"]: r for r in result["runs"] if r["variant"] == "stock" and "tokens_per_s" in r}
     for r in result["runs"]:
         if "tokens_per_s" not in r:
-            print(f"{r['variant']:<16}{r['batch']:>6}  {r['error']}")
+            print(f"{r['variant']:<22}{r['batch']:>6}  {r['error'][:200]}")
             continue
         mfu = f"{100 * r['mfu']:.1f}%" if r.get("mfu") else "-"
         mem = f"{r['max_mem_gib']:.1f}" if r.get("max_mem_gib") else "-"
-        print(f"{r['variant']:<16}{r['batch']:>6}{1e3 * r['step_s_median']:>10.1f}{r['tokens_per_s']:>14,.0f}{mfu:>8}{mem:>9}")
+        x = same.get(f"{r['variant']}@{r['batch']}", 1.0 if r["variant"] == "stock" and r["batch"] in stock else None)
+        xs = f"{x:.2f}" if x is not None else "-"
+        print(f"{r['variant']:<22}{r['batch']:>6}{1e3 * r['step_s_median']:>10.1f}{r['tokens_per_s']:>14,.0f}"
+              f"{mfu:>8}{mem:>9}{xs:>9}{r['final_loss']:>8.3f}")
     if "speedup_vs_stock" in result:
         print(f"speedup_vs_stock (best vs best): {result['speedup_vs_stock']:.2f}x")
+    for k, c in result.get("loss_curves", {}).items():
+        print(f"curve {k}: last-{c['window']} mean {c['mean_last']:.4f} vs {c['ref_mean_last']:.4f} "
+              f"(|diff| {c['abs_diff_mean_last']:.4f}, max running-mean gap {c['max_abs_diff_running_mean']:.4f})")
 
 
 if __name__ == "__main__":

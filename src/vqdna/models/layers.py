@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .configuration import VQDNAConfig
+from .fp8 import linear
 from .positions import alibi_bias, alibi_slopes, apply_rope, rope_tables
 
 
@@ -23,14 +24,16 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, rope: tuple | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
         B, T, H = x.shape
-        q, k, v = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
-        if rope is not None:
-            cos, sin = rope
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim)
+        # q, k, v stay in the projection's [B, T, heads, d] layout and reach SDPA as transposed
+        # views (its flash/cuDNN kernels take any stride but the last): RoPE writes q and k in
+        # one pass, no separate layout copies, and the attention output is already [B, T, H].
+        q, k, v = _rotate_qk(qkv, rope)
         if attn_mask is not None and attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
             attn_mask = attn_mask.to(q.dtype)  # SDPA wants an additive bias in the query dtype
         out = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=attn_mask, dropout_p=self.dropout if self.training else 0.0
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
+            dropout_p=self.dropout if self.training else 0.0,
         )
         return self.out_proj(out.transpose(1, 2).reshape(B, T, H))
 
@@ -39,16 +42,28 @@ class SelfAttention(nn.Module):
         sequence, queries at k positions (no padding mask; the MLM path of full windows)."""
         B, T, H = x.shape
         k = select.shape[1]
-        w, b = self.qkv.weight, self.qkv.bias
         x_sel = x.gather(1, select[..., None].expand(B, k, H))
-        q = F.linear(x_sel, w[:H], b[:H]).view(B, k, self.num_heads, self.head_dim).transpose(1, 2)
-        key, value = F.linear(x, w[H:], b[H:]).view(B, T, 2, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        q = linear(self.qkv, x_sel, slice(0, H)).view(B, k, self.num_heads, self.head_dim)
+        kv = linear(self.qkv, x, slice(H, 3 * H)).view(B, T, 2, self.num_heads, self.head_dim)
         if rope is not None:
             cos, sin = rope
-            q = apply_rope(q, cos[select][:, None], sin[select][:, None])
-            key = apply_rope(key, cos, sin)
-        out = F.scaled_dot_product_attention(q, key, value, dropout_p=self.dropout if self.training else 0.0)
+            q = apply_rope(q, cos[select][:, :, None], sin[select][:, :, None])
+            kv = torch.stack([apply_rope(kv[:, :, 0], cos[:, None], sin[:, None]), kv[:, :, 1]], dim=2)
+        key, value = kv.unbind(2)
+        out = F.scaled_dot_product_attention(q.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                             dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(out.transpose(1, 2).reshape(B, k, H))
+
+
+def _rotate_qk(qkv: torch.Tensor, rope: tuple | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """q, k, v `[B, T, heads, d]` of `qkv [B, T, 3, heads, d]`: RoPE on the q and k slots in one
+    pass; v stays a view."""
+    v = qkv[:, :, 2]
+    if rope is None:
+        return qkv[:, :, 0], qkv[:, :, 1], v
+    cos, sin = rope
+    q, k = apply_rope(qkv[:, :, :2], cos[:, None, None], sin[:, None, None]).unbind(2)
+    return q, k, v
 
 
 class FeedForward(nn.Module):

@@ -20,7 +20,8 @@ def rope_tables(length: int, head_dim: int, theta: float, device, dtype) -> tupl
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x `[B, heads, T, d]`; cos/sin `[T, d]`."""
+    """x `[..., d]`; cos/sin `[..., d]` broadcasting against it (e.g. `[T, 1, 1, d]` for
+    `x [B, T, 2, heads, d]`)."""
     # tables follow x's dtype (bf16 under autocast) so q, k and v reach SDPA in one dtype
     cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     half = x.shape[-1] // 2
