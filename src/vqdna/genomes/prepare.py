@@ -5,6 +5,11 @@ Writes two files per genome under `results/shards/prep/`:
                              (raw bytes, memory-mapped by the shard writers: no second parse)
   `{accession}.windows.npz`  per window: offset into .seq, record index, start in the record,
                              split (0 train, 1 valid); per record: id, length; `meta` (JSON)
+
+FASTA with `shards.fasta_reader: fast` goes through the whole-chunk scan (`fasta_scan`), which
+writes the `.seq` as it decompresses and leaves only sparse facts (N runs, IUPAC positions) for
+the window step; anything it does not handle falls back to the record-by-record path below
+(Biopython for GenBank and for `fasta_reader: biopython`), which gives identical files.
 """
 
 from __future__ import annotations
@@ -18,8 +23,10 @@ import numpy as np
 
 from ..atomic import atomic_path
 from ..errors import InputError
-from .readers import iter_records
-from .windows import BadByte, WindowParams, batch_windows, split_flags, stable_salt
+from .fasta_scan import NotPlain, scan_fasta
+from .readers import iter_records, sniff_format
+from .windows import (BadByte, WindowParams, batch_windows, replacement_bases, short_runs_as_iupac,
+                      sparse_windows, split_flags, stable_salt)
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,53 @@ def prepare_genome(path: str | Path, accession: str, params: WindowParams, *, se
                    index_out: str | Path, fasta_reader: str = "fast", genbank_warnings: str = "log",
                    batch_bases: int = 16 << 20, progress=None) -> PreparedGenome:
     path = Path(path)
+    if fasta_reader == "fast" and sniff_format(path) == "fasta":
+        try:
+            return _prepare_scanned(path, accession, params, seq_out=seq_out, index_out=index_out,
+                                    progress=progress)
+        except NotPlain as why:
+            log.info("%s: %s; reading it record by record", path, why)
+            if progress is not None:
+                progress.reset()
+    return _prepare_by_records(path, accession, params, seq_out=seq_out, index_out=index_out,
+                               fasta_reader=fasta_reader, genbank_warnings=genbank_warnings,
+                               batch_bases=batch_bases, progress=progress)
+
+
+def _prepare_scanned(path: Path, accession: str, params: WindowParams, *, seq_out: str | Path,
+                     index_out: str | Path, progress=None) -> PreparedGenome:
+    with atomic_path(seq_out) as tmp_seq:
+        with open(tmp_seq, "wb") as out:
+            scan = scan_fasta(path, out, progress)
+        rec_starts = np.concatenate(([0], np.cumsum(scan.record_lengths)[:-1])).astype(np.int64)
+        n_starts, n_ends, iupac_pos = short_runs_as_iupac(scan.n_starts, scan.n_ends, scan.iupac_pos,
+                                                          params.n_split_min_run)
+        n_iupac = int(iupac_pos.size)
+        drop_pos = np.zeros(0, dtype=np.int64)
+        if n_iupac and params.iupac_policy == "error":
+            raise NotPlain("IUPAC code under policy error")  # the general path names record and base
+        if n_iupac:
+            # the scan leaves IUPAC codes in lower case: settle them as the general path does
+            seq = np.memmap(tmp_seq, dtype=np.uint8, mode="r+")
+            codes = np.asarray(seq[iupac_pos]) & np.uint8(0xDF)
+            if params.iupac_policy == "replace":
+                salt = stable_salt("replace", params.seed, accession)
+                seq[iupac_pos] = replacement_bases(codes, iupac_pos, salt)
+            else:
+                seq[iupac_pos] = codes
+                drop_pos = iupac_pos
+            seq.flush()
+            del seq
+        sw = sparse_windows(scan.n_bases, rec_starts, scan.record_lengths, n_starts, n_ends, drop_pos, params)
+        stats = {"bases": scan.n_bases, "n_bases": int((n_ends - n_starts).sum()), "iupac_bases": n_iupac,
+                 "dropped_windows": sw.n_dropped_windows}
+    return _write_index(path, accession, params, index_out, sw.starts, sw.records, sw.local_starts, sw.units,
+                        scan.record_ids, scan.record_lengths, stats)
+
+
+def _prepare_by_records(path: Path, accession: str, params: WindowParams, *, seq_out: str | Path,
+                        index_out: str | Path, fasta_reader: str, genbank_warnings: str, batch_bases: int,
+                        progress=None) -> PreparedGenome:
     salt = stable_salt("replace", params.seed, accession)
     offsets, records, starts, units = [], [], [], []
     record_ids: list[str] = []
@@ -104,6 +158,12 @@ def prepare_genome(path: str | Path, accession: str, params: WindowParams, *, se
         records_a = cat(records, np.int64)
         starts_a = cat(starts, np.int64)
         units_a = cat(units, np.int64)
+    return _write_index(path, accession, params, index_out, offsets_a, records_a, starts_a, units_a,
+                        record_ids, np.asarray(record_lengths, dtype=np.int64), stats)
+
+
+def _write_index(path: Path, accession: str, params: WindowParams, index_out: str | Path, offsets_a, records_a,
+                 starts_a, units_a, record_ids: list[str], record_lengths: np.ndarray, stats: dict) -> PreparedGenome:
     split = _assign_split(accession, record_ids, records_a, units_a, params)
     meta = {
         "accession": accession, "source": str(path), "records": len(record_ids),
@@ -113,8 +173,7 @@ def prepare_genome(path: str | Path, accession: str, params: WindowParams, *, se
     }
     if not record_ids:
         raise InputError(path, "no records")
-    prepared = PreparedGenome(accession, offsets_a, records_a, starts_a, split, record_ids,
-                              np.asarray(record_lengths, dtype=np.int64), meta)
+    prepared = PreparedGenome(accession, offsets_a, records_a, starts_a, split, record_ids, record_lengths, meta)
     with atomic_path(index_out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, offsets=offsets_a, records=records_a, starts=starts_a, split=split,

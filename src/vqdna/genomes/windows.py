@@ -93,11 +93,16 @@ class BadByte(Exception):
         super().__init__(f"{kind} {bytes([byte])!r} at position {position}")
 
 
-def _runs(positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Runs of consecutive sorted positions -> (starts, ends exclusive)."""
+def _runs(positions: np.ndarray, breaks: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Runs of consecutive sorted positions -> (starts, ends exclusive); a run also ends before
+    each position in `breaks` (record starts: an N run never continues into the next record)."""
     if not positions.size:
         return positions, positions
-    gaps = np.flatnonzero(np.diff(positions) > 1)
+    new_run = np.diff(positions) > 1
+    if breaks is not None and breaks.size:
+        at = np.searchsorted(breaks, positions[1:])
+        new_run |= (at < breaks.size) & (breaks[np.minimum(at, breaks.size - 1)] == positions[1:])
+    gaps = np.flatnonzero(new_run)
     starts = np.concatenate((positions[:1], positions[gaps + 1]))
     ends = np.concatenate((positions[gaps] + 1, positions[-1:] + 1))
     return starts, ends
@@ -117,62 +122,43 @@ def stable_salt(*parts: object) -> int:
     return int.from_bytes(digest, "little")
 
 
-def batch_windows(raw: np.ndarray | bytes, record_lengths: np.ndarray, record_offsets_global: np.ndarray,
-                  params: WindowParams, salt: int) -> BatchWindows:
-    """Clean one batch of concatenated records and enumerate its windows.
+def short_runs_as_iupac(n_starts: np.ndarray, n_ends: np.ndarray, iupac_pos: np.ndarray,
+                        min_run: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """N runs shorter than `min_run` stop being split points and join the IUPAC positions."""
+    if min_run <= 1 or not n_starts.size:
+        return n_starts, n_ends, iupac_pos
+    short = (n_ends - n_starts) < min_run
+    if not short.any():
+        return n_starts, n_ends, iupac_pos
+    lens = n_ends[short] - n_starts[short]
+    first = np.repeat(n_starts[short], lens)
+    short_pos = first + np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
+    return n_starts[~short], n_ends[~short], np.union1d(iupac_pos, short_pos).astype(np.int64)
 
-    Only a few passes touch every base (class and upper-case lookups, the N mask); everything
-    else works on the sparse positions of N runs, IUPAC codes, record and block edges.
-    `record_offsets_global` is where each record starts in the whole genome (for the position
-    hash of `replace`, so results do not depend on how records were batched).
-    """
-    raw_bytes = raw if isinstance(raw, bytes) else raw.tobytes()
-    n = len(raw_bytes)
-    cls_bytes = raw_bytes.translate(CLASS_TABLE)
-    clean = np.frombuffer(raw_bytes.translate(UPPER_TABLE), dtype=np.uint8)  # read-only view
-    raw = np.frombuffer(raw_bytes, dtype=np.uint8)
-    rec_starts = np.concatenate(([0], np.cumsum(record_lengths)[:-1])).astype(np.int64)
 
-    def record_of(pos: np.ndarray) -> np.ndarray:
-        return np.searchsorted(rec_starts, pos, side="right") - 1
+def replacement_bases(codes: np.ndarray, positions: np.ndarray, salt: int) -> np.ndarray:
+    """The base each IUPAC code (upper case) becomes under policy `replace`: one of those it
+    stands for, chosen by a hash of salt and genome position (`positions`), so it repeats."""
+    choice = (_position_hash(positions, salt) % _N_CHOICES[codes]).astype(np.intp)
+    replaced = _REPLACE[codes, np.minimum(choice, 2)]
+    is_plain_n = codes == ord("N")  # an N of a short run stands for any base
+    replaced[is_plain_n] = np.frombuffer(b"ACGT", dtype=np.uint8)[choice[is_plain_n] % 4]
+    return replaced
 
-    n_pos = iupac_pos = np.zeros(0, dtype=np.int64)
-    first_bad = cls_bytes.find(bytes([INVALID]))
-    if first_bad >= 0:
-        raise BadByte(first_bad, int(raw[first_bad]), "not a nucleotide code")
-    cls = np.frombuffer(cls_bytes, dtype=np.uint8)
-    if bytes([N_BASE]) in cls_bytes:
-        n_pos = np.flatnonzero(cls == N_BASE)
-    if bytes([IUPAC]) in cls_bytes:
-        iupac_pos = np.flatnonzero(cls == IUPAC)
-    n_starts, n_ends = _runs(n_pos)
-    if params.n_split_min_run > 1 and n_starts.size:
-        short = (n_ends - n_starts) < params.n_split_min_run
-        if short.any():
-            lens = n_ends[short] - n_starts[short]
-            first = np.repeat(n_starts[short], lens)
-            short_pos = first + np.arange(lens.sum()) - np.repeat(np.cumsum(lens) - lens, lens)
-            iupac_pos = np.union1d(iupac_pos, short_pos)
-            n_starts, n_ends = n_starts[~short], n_ends[~short]
-    n_n = int((n_ends - n_starts).sum())
-    n_iupac = int(iupac_pos.size)
 
-    if n_iupac:
-        if params.iupac_policy == "error":
-            first = int(iupac_pos[0])
-            raise BadByte(first, int(raw[first]), "IUPAC ambiguity code (shards.iupac_policy: error)")
-        if params.iupac_policy == "replace":
-            recs = record_of(iupac_pos)
-            global_pos = record_offsets_global[recs] + (iupac_pos - rec_starts[recs])
-            codes = clean[iupac_pos]
-            choice = (_position_hash(global_pos, salt) % _N_CHOICES[codes]).astype(np.intp)
-            replaced = _REPLACE[codes, np.minimum(choice, 2)]
-            is_plain_n = codes == ord("N")  # an N of a short run stands for any base
-            replaced[is_plain_n] = np.frombuffer(b"ACGT", dtype=np.uint8)[choice[is_plain_n] % 4]
-            clean = clean.copy()  # writable only when something is replaced
-            clean[iupac_pos] = replaced
-            iupac_pos = np.zeros(0, dtype=np.int64)
+@dataclass
+class SparseWindows:
+    starts: np.ndarray        # [w] int64 window start (same coordinates as rec_starts)
+    records: np.ndarray       # [w] int64 record index
+    local_starts: np.ndarray  # [w] int64 start inside the record
+    units: np.ndarray         # [w] int64 split unit inside the record (block index, or 0)
+    n_dropped_windows: int
 
+
+def sparse_windows(n: int, rec_starts: np.ndarray, record_lengths: np.ndarray, n_starts: np.ndarray,
+                   n_ends: np.ndarray, drop_pos: np.ndarray, params: WindowParams) -> SparseWindows:
+    """Window starts of `n` concatenated bases from the sparse facts alone: record starts, the N
+    runs that split, and the positions whose windows are dropped (IUPAC under policy drop)."""
     # segment edges: record starts, block starts (split by block), N run starts and ends
     cuts = [rec_starts, n_starts, n_ends, np.array([n], dtype=np.int64)]
     if params.split_by == "block":
@@ -195,17 +181,66 @@ def batch_windows(raw: np.ndarray | bytes, record_lengths: np.ndarray, record_of
     starts = np.repeat(seg_start, per_seg) + (np.arange(total, dtype=np.int64) - first_idx) * s
 
     dropped = 0
-    if iupac_pos.size and params.iupac_policy == "drop" and total:
-        hits = np.searchsorted(iupac_pos, starts + w) - np.searchsorted(iupac_pos, starts)
+    if drop_pos.size and total:
+        hits = np.searchsorted(drop_pos, starts + w) - np.searchsorted(drop_pos, starts)
         keep = hits == 0
         dropped = int((~keep).sum())
         starts = starts[keep]
-    records = record_of(starts)
+    records = np.searchsorted(rec_starts, starts, side="right") - 1
     local_starts = starts - rec_starts[records]
     units = local_starts // params.block_size if params.split_by == "block" else np.zeros_like(local_starts)
-    return BatchWindows(clean=clean, starts=starts.astype(np.int64), records=records.astype(np.int64),
-                        local_starts=local_starts, units=units, n_bases=n, n_n=n_n,
-                        n_iupac=n_iupac, n_dropped_windows=dropped)
+    return SparseWindows(starts=starts.astype(np.int64), records=records.astype(np.int64),
+                         local_starts=local_starts.astype(np.int64), units=units.astype(np.int64),
+                         n_dropped_windows=dropped)
+
+
+def batch_windows(raw: np.ndarray | bytes, record_lengths: np.ndarray, record_offsets_global: np.ndarray,
+                  params: WindowParams, salt: int) -> BatchWindows:
+    """Clean one batch of concatenated records and enumerate its windows.
+
+    Only a few passes touch every base (class and upper-case lookups, the N mask); everything
+    else works on the sparse positions of N runs, IUPAC codes, record and block edges.
+    `record_offsets_global` is where each record starts in the whole genome (for the position
+    hash of `replace`, so results do not depend on how records were batched).
+    """
+    raw_bytes = raw if isinstance(raw, bytes) else raw.tobytes()
+    n = len(raw_bytes)
+    cls_bytes = raw_bytes.translate(CLASS_TABLE)
+    clean = np.frombuffer(raw_bytes.translate(UPPER_TABLE), dtype=np.uint8)  # read-only view
+    raw = np.frombuffer(raw_bytes, dtype=np.uint8)
+    rec_starts = np.concatenate(([0], np.cumsum(record_lengths)[:-1])).astype(np.int64)
+
+    n_pos = iupac_pos = np.zeros(0, dtype=np.int64)
+    first_bad = cls_bytes.find(bytes([INVALID]))
+    if first_bad >= 0:
+        raise BadByte(first_bad, int(raw[first_bad]), "not a nucleotide code")
+    cls = np.frombuffer(cls_bytes, dtype=np.uint8)
+    if bytes([N_BASE]) in cls_bytes:
+        n_pos = np.flatnonzero(cls == N_BASE)
+    if bytes([IUPAC]) in cls_bytes:
+        iupac_pos = np.flatnonzero(cls == IUPAC)
+    n_starts, n_ends = _runs(n_pos, rec_starts[1:])
+    n_starts, n_ends, iupac_pos = short_runs_as_iupac(n_starts, n_ends, iupac_pos, params.n_split_min_run)
+    n_n = int((n_ends - n_starts).sum())
+    n_iupac = int(iupac_pos.size)
+
+    if n_iupac:
+        if params.iupac_policy == "error":
+            first = int(iupac_pos[0])
+            raise BadByte(first, int(raw[first]), "IUPAC ambiguity code (shards.iupac_policy: error)")
+        if params.iupac_policy == "replace":
+            recs = np.searchsorted(rec_starts, iupac_pos, side="right") - 1
+            global_pos = record_offsets_global[recs] + (iupac_pos - rec_starts[recs])
+            clean = clean.copy()  # writable only when something is replaced
+            clean[iupac_pos] = replacement_bases(clean[iupac_pos], global_pos, salt)
+            iupac_pos = np.zeros(0, dtype=np.int64)
+
+    drop_pos = iupac_pos if params.iupac_policy == "drop" else np.zeros(0, dtype=np.int64)
+    sw = sparse_windows(n, rec_starts, np.asarray(record_lengths, dtype=np.int64), n_starts, n_ends,
+                        drop_pos, params)
+    return BatchWindows(clean=clean, starts=sw.starts, records=sw.records, local_starts=sw.local_starts,
+                        units=sw.units, n_bases=n, n_n=n_n, n_iupac=n_iupac,
+                        n_dropped_windows=sw.n_dropped_windows)
 
 
 def split_flags(seed: int, accession: str, record_ids: list[str], records: np.ndarray, units: np.ndarray,
@@ -213,7 +248,7 @@ def split_flags(seed: int, accession: str, record_ids: list[str], records: np.nd
     """Seeded, order-independent train(0)/valid(1) assignment of split units (record, block)."""
     if not len(records) or valid_fraction <= 0:
         return np.zeros(len(records), dtype=np.uint8)
-    record_hash = np.fromiter((zlib.crc32(r.encode()) for r in record_ids), dtype=np.uint64, count=len(record_ids))
+    record_hash = np.fromiter(map(zlib.crc32, map(str.encode, record_ids)), dtype=np.uint64, count=len(record_ids))
     keys = (record_hash[records] << np.uint64(32)) ^ units.astype(np.uint64)
     u = _position_hash(keys, stable_salt("split", seed, accession)) >> np.uint64(11)
     return (u.astype(np.float64) / float(1 << 53) < valid_fraction).astype(np.uint8)
