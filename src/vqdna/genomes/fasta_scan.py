@@ -34,6 +34,8 @@ from .windows import _COMPATIBLE, _runs
 # faults than the passes over them).
 SCAN_CHUNK = 1 << 20
 _NEWLINE, _GT, _T, _BAD = 10, 62, ord("T"), 0xFF
+# ASCII bytes that str.split() takes for whitespace and bytes.split() does not
+_STR_ONLY_SPACE = (b"\x1c", b"\x1d", b"\x1e", b"\x1f")
 
 
 def _scan_table() -> bytes:
@@ -89,6 +91,18 @@ def _chunks(fh: BinaryIO):
             return
 
 
+def _record_ids(mv: memoryview, starts: list[int], ends: list[int]) -> list[str]:
+    """First word of each header line (after its '>'), as `readers` names records."""
+    text = b"\n".join([mv[g + 1:h] for g, h in zip(starts, ends)])
+    try:
+        if any(c in text for c in _STR_ONLY_SPACE):
+            return [line.split(None, 1)[0].decode("ascii", errors="replace") for line in text.split(b"\n")]
+        # one decode for all; str.split then splits exactly where bytes.split would
+        return [line.split(None, 1)[0] for line in text.decode("ascii", errors="replace").split("\n")]
+    except IndexError:
+        raise NotPlain("header without a name") from None
+
+
 def scan_fasta(path: str | Path, out: BinaryIO, progress=None) -> ScanResult:
     """Write the clean upper-case bases of every record of `path` to `out`; see the module doc."""
     ids: list[str] = []
@@ -132,11 +146,7 @@ def scan_fasta(path: str | Path, out: BinaryIO, progress=None) -> ScanResult:
                 sizes = (ends - bodies) - nls
                 mv = memoryview(chunk)
                 body = b"".join([mv[a:b] for a, b in zip(bodies.tolist(), ends.tolist()) if b > a])
-                for g, h in zip(gt.tolist(), he.tolist()):
-                    words = chunk[g + 1:h].split(None, 1)
-                    if not words:
-                        raise NotPlain("header without a name")
-                    ids.append(words[0].decode("ascii", errors="replace"))
+                ids.extend(_record_ids(mv, gt.tolist(), he.tolist()))
                 if current >= 0:
                     lengths.append(written - current_start + int(sizes[0]))
                 offs = written + np.cumsum(sizes)[:-1]

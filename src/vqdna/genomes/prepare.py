@@ -4,7 +4,8 @@ Writes two files per genome under `results/shards/prep/`:
   `{accession}.seq`          the cleaned upper-case sequence of every record, concatenated
                              (raw bytes, memory-mapped by the shard writers: no second parse)
   `{accession}.windows.npz`  per window: offset into .seq, record index, start in the record,
-                             split (0 train, 1 valid); per record: id, length; `meta` (JSON)
+                             split (0 train, 1 valid); per record: length, and the ids as one
+                             newline-joined UTF-8 blob (`record_ids_utf8`); `meta` (JSON)
 
 FASTA with `shards.fasta_reader: fast` goes through the whole-chunk scan (`fasta_scan`), which
 writes the `.seq` as it decompresses and leaves only sparse facts (N runs, IUPAC positions) for
@@ -177,7 +178,7 @@ def _write_index(path: Path, accession: str, params: WindowParams, index_out: st
     with atomic_path(index_out) as tmp:
         with open(tmp, "wb") as fh:
             np.savez(fh, offsets=offsets_a, records=records_a, starts=starts_a, split=split,
-                     record_ids=np.asarray(record_ids, dtype=str),
+                     record_ids_utf8=np.frombuffer("\n".join(record_ids).encode(), dtype=np.uint8),
                      record_lengths=prepared.record_lengths, meta=np.asarray(json.dumps(meta)))
     return prepared
 
@@ -191,7 +192,11 @@ def load_prepared(index_path: str | Path) -> PreparedGenome:
     try:
         with np.load(index_path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
+            if "record_ids_utf8" in z.files:  # one newline-joined blob: ids never hold whitespace
+                record_ids = z["record_ids_utf8"].tobytes().decode().split("\n") if meta["records"] else []
+            else:  # written before the blob
+                record_ids = z["record_ids"].tolist()
             return PreparedGenome(meta["accession"], z["offsets"], z["records"], z["starts"], z["split"],
-                                  z["record_ids"].tolist(), z["record_lengths"], meta)
+                                  record_ids, z["record_lengths"], meta)
     except FileNotFoundError:
         raise InputError(index_path, "prepared window index not found; run the shard prepare step") from None

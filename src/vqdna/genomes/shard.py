@@ -120,9 +120,9 @@ def write_all(plan: dict, shards_dir: Path) -> None:
     from tqdm import tqdm
 
     with tqdm(total=len(shard_names(plan)), desc="write shards", unit="shard", leave=False) as bar:
+        cache: dict = {}  # genome -> (prepared index, memory-mapped .seq, record ids); (genome, split) -> windows
         for split in SPLITS:
             order = split_order(plan, split)
-            cache: dict = {}  # genome -> (prepared index, this split's windows, memory-mapped .seq)
             for index in range(plan["splits"][split]["shards"]):
                 write_shard(plan, split, index, shard_path(shards_dir, split, index), order, cache)
                 bar.update()

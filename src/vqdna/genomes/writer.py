@@ -26,33 +26,45 @@ def write_shard(plan: dict, split: str, index: int, out: str | Path, order: np.n
     counts = np.array([g["windows"][split] for g in plan["genomes"]], dtype=np.int64)
     bounds = np.concatenate(([0], np.cumsum(counts)))
     genome_of = np.searchsorted(bounds, rows, side="right") - 1
-    seqs = np.empty((len(rows), window), dtype=np.uint8)
+    genomes = np.unique(genome_of)
+    # one genome: gather straight into the shard's buffers (no copy through a mask)
+    whole = slice(None) if len(genomes) == 1 else None
+    seqs = None if whole is not None else np.empty((len(rows), window), dtype=np.uint8)
     start = np.empty(len(rows), dtype=np.int64)
     # string columns as positions into small per-shard tables, turned into Arrow with one take()
     record_pos = np.empty(len(rows), dtype=np.int64)
     record_tables, first_record = [], 0
     cache = {} if cache is None else cache
-    for g in np.unique(genome_of):
+    for g in genomes:
         info = plan["genomes"][g]
         if g not in cache:
             prepared = load_prepared(info["index"])
-            in_split = np.flatnonzero(prepared.split == split_code)
             size = Path(info["seq"]).stat().st_size
             seq = np.memmap(info["seq"], dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
-            cache[g] = (prepared, in_split, seq, pa.array(prepared.record_ids, pa.string()))
-        prepared, in_split, seq, record_ids = cache[g]
-        mask = genome_of == g
+            cache[g] = (prepared, seq, pa.array(prepared.record_ids, pa.string()))
+        prepared, seq, record_ids = cache[g]
+        if (g, split_code) not in cache:  # write_all keeps one cache for both splits
+            cache[g, split_code] = np.flatnonzero(prepared.split == split_code)
+        in_split = cache[g, split_code]
+        mask = whole if whole is not None else genome_of == g
         local = in_split[rows[mask] - bounds[g]]
         views = np.lib.stride_tricks.sliding_window_view(seq, window)
-        seqs[mask] = views[prepared.offsets[local]]
+        if whole is not None:
+            seqs = views[prepared.offsets[local]]
+        else:
+            seqs[mask] = views[prepared.offsets[local]]
         start[mask] = prepared.starts[local]
         record_pos[mask] = first_record + prepared.records[local]
         record_tables.append(record_ids)
         first_record += len(record_ids)
+    if seqs is None:  # no rows
+        seqs = np.empty((0, window), dtype=np.uint8)
     accessions = pa.array([g["accession"] for g in plan["genomes"]], pa.string())
     species = pa.array([g["species"] for g in plan["genomes"]], pa.string())
     genome_idx = pa.array(genome_of)
-    record_id = (pa.concat_arrays(record_tables) if record_tables else pa.array([], pa.string())).take(pa.array(record_pos))
+    table_of_ids = record_tables[0] if len(record_tables) == 1 else (
+        pa.concat_arrays(record_tables) if record_tables else pa.array([], pa.string()))
+    record_id = table_of_ids.take(pa.array(record_pos))
     schema = shard_schema(window)
     sequence = pa.FixedSizeBinaryArray.from_buffers(pa.binary(window), len(rows), [None, pa.py_buffer(seqs)])
     table = pa.Table.from_arrays(
