@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from vqdna.models import VQDNAConfig, VQDNAForMaskedLM
 from vqdna.models.fp8 import (E4M3, E5M2, Float8Linear, convert_to_float8, fp8_linear, fp8_supported,
-                              scaled_mm, to_float8)
+                              scaled_mm, to_float8, to_float8_rows)
 from vqdna.models.masking import mask_tokens
 
 
@@ -72,6 +72,32 @@ def test_forward_and_gradients_are_the_float8_products():
     assert 1e-3 < rel(w.grad, exact_gw) < 0.15
 
 
+def test_rowwise_recipe_scales_each_row_and_keeps_grad_weight_exact():
+    torch.manual_seed(1)
+    # rows of very different magnitude: one scale per row keeps the small rows precise
+    x = (torch.randn(32, 32) * torch.logspace(-3, 3, 32)[:, None]).requires_grad_(True)
+    w = torch.randn(48, 32, requires_grad=True)
+    y = fp8_linear(x, w, None, recipe="rowwise")
+    g = torch.randn_like(y)
+    y.backward(g)
+
+    x8, ix = to_float8_rows(x.detach(), E4M3, dim=1)
+    assert ix.shape == (32, 1)
+    assert (x8.float().abs().amax(dim=1) == torch.finfo(E4M3).max).all()  # every row on the maximum
+    w8, iw = to_float8_rows(w.detach(), E4M3, dim=1)
+    assert rel(y.detach(), (x8.float() * ix) @ (w8.float() * iw).t()) < 1e-5
+    g8, ig = to_float8_rows(g, E4M3, dim=1)
+    wc8, iwc = to_float8_rows(w.detach(), E4M3, dim=0)
+    assert iwc.shape == (1, 32)
+    assert rel(x.grad, (g8.float() * ig) @ (wc8.float() * iwc)) < 1e-5
+    assert rel(w.grad, g.t() @ x.detach()) < 1e-6  # weight gradient in full precision
+
+    # per-row scaling is what keeps the smallest rows accurate; one tensor-wide scale flushes them
+    exact = x.detach() @ w.detach().t()
+    tensorwise = fp8_linear(x.detach(), w.detach(), None, recipe="tensorwise")
+    assert rel(y.detach()[:4], exact[:4]) < 0.08 < rel(tensorwise[:4], exact[:4])
+
+
 def test_shapes_the_kernels_cannot_take_fall_back_to_plain_linear():
     x = torch.randn(3, 5, 24)  # 24 is not a multiple of 16
     w, b = torch.randn(32, 24), torch.randn(32)
@@ -90,10 +116,11 @@ def tiny_model():
     return model
 
 
-def test_convert_keeps_parameters_and_keys_and_tracks_the_fp32_model():
+@pytest.mark.parametrize("recipe", ["tensorwise", "rowwise"])
+def test_convert_keeps_parameters_and_keys_and_tracks_the_fp32_model(recipe):
     ref, fp8 = tiny_model().eval(), tiny_model().eval()
     keys = list(ref.state_dict())
-    n = convert_to_float8(fp8)
+    n = convert_to_float8(fp8, recipe)
     assert n == 4 * ref.config.num_hidden_layers  # qkv, out_proj, fc1, fc2 of every block
     assert list(fp8.state_dict()) == keys
     assert isinstance(fp8.vqdna.encoder.layers[0].mlp.fc1, Float8Linear)
@@ -112,3 +139,6 @@ def test_convert_keeps_parameters_and_keys_and_tracks_the_fp32_model():
     assert rel(g, g_ref) < 0.1
     # the sparse last block (queries at the masked positions only) runs through float8 as well
     assert isinstance(fp8.vqdna.encoder.layers[-1].attention.qkv, Float8Linear)
+    assert fp8.vqdna.encoder.layers[-1].attention.qkv.fp8_recipe == recipe
+    with pytest.raises(ValueError, match="recipe"):
+        convert_to_float8(fp8, "blockwise")
