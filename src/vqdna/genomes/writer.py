@@ -26,7 +26,7 @@ def write_shard(plan: dict, split: str, index: int, out: str | Path, order: np.n
     counts = np.array([g["windows"][split] for g in plan["genomes"]], dtype=np.int64)
     bounds = np.concatenate(([0], np.cumsum(counts)))
     genome_of = np.searchsorted(bounds, rows, side="right") - 1
-    genomes = np.unique(genome_of)
+    genomes = np.flatnonzero(np.bincount(genome_of, minlength=len(plan["genomes"])))
     # one genome: gather straight into the shard's buffers (no copy through a mask)
     whole = slice(None) if len(genomes) == 1 else None
     seqs = None if whole is not None else np.empty((len(rows), window), dtype=np.uint8)
@@ -59,18 +59,30 @@ def write_shard(plan: dict, split: str, index: int, out: str | Path, order: np.n
         first_record += len(record_ids)
     if seqs is None:  # no rows
         seqs = np.empty((0, window), dtype=np.uint8)
-    accessions = pa.array([g["accession"] for g in plan["genomes"]], pa.string())
-    species = pa.array([g["species"] for g in plan["genomes"]], pa.string())
-    genome_idx = pa.array(genome_of)
+    if whole is not None:  # one genome: constant columns, no gather
+        info = plan["genomes"][genomes[0]]
+        accession_col = _repeat(info["accession"], len(rows))
+        species_col = _repeat(info["species"], len(rows))
+    else:
+        genome_idx = pa.array(genome_of)
+        accession_col = pa.array([g["accession"] for g in plan["genomes"]], pa.string()).take(genome_idx)
+        species_col = pa.array([g["species"] for g in plan["genomes"]], pa.string()).take(genome_idx)
     table_of_ids = record_tables[0] if len(record_tables) == 1 else (
         pa.concat_arrays(record_tables) if record_tables else pa.array([], pa.string()))
     record_id = table_of_ids.take(pa.array(record_pos))
     schema = shard_schema(window)
     sequence = pa.FixedSizeBinaryArray.from_buffers(pa.binary(window), len(rows), [None, pa.py_buffer(seqs)])
     table = pa.Table.from_arrays(
-        [sequence, accessions.take(genome_idx), species.take(genome_idx), record_id, pa.array(start, pa.int64())],
+        [sequence, accession_col, species_col, record_id, pa.array(start, pa.int64())],
         schema=schema)
     with atomic_path(out) as tmp:
         with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
             writer.write_table(table)
     return len(rows)
+
+
+def _repeat(text: str, n: int) -> pa.Array:
+    """`n` copies of one string as an Arrow string array, built from two buffers."""
+    data = text.encode()
+    offsets = np.arange(n + 1, dtype=np.int32) * len(data)
+    return pa.StringArray.from_buffers(n, pa.py_buffer(offsets), pa.py_buffer(data * n))
