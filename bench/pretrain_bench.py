@@ -290,6 +290,35 @@ def correctness(arch, vocab, seq, device, batches) -> dict:
     return checks
 
 
+def fp8_kernel_vs_emulation(device) -> dict:
+    """The GPU float8 products (torch._scaled_mm) against the CPU path's fp32 emulation of the same
+    float8 operands and scales: relative error per recipe and product (should be fp32 rounding,
+    plus fast accumulation in the forward product)."""
+    from vqdna.models import fp8
+
+    gen = torch.Generator(device="cpu").manual_seed(7)
+    x = torch.randn(4096, 768, generator=gen).to(device, torch.bfloat16)
+    w = torch.randn(3072, 768, generator=gen).to(device, torch.bfloat16)
+    out = {}
+    for recipe, rows in (("tensorwise", False), ("rowwise", True)):
+        if rows:
+            x8, ix = fp8.to_float8_rows(x, fp8.E4M3, dim=1)
+            w8, iw = fp8.to_float8_rows(w, fp8.E4M3, dim=1)
+            iw = iw.reshape(1, -1)
+        else:
+            x8, ix = fp8.to_float8(x, fp8.E4M3)
+            w8, iw = fp8.to_float8(w, fp8.E4M3)
+        for fast in (True, False):
+            try:
+                gpu = fp8.scaled_mm(x8, w8.t(), ix, iw, torch.bfloat16, fast_accum=fast).float().cpu()
+            except Exception as exc:  # noqa: BLE001
+                out[f"{recipe}_fast{int(fast)}"] = repr(exc)[:300]
+                continue
+            emu = fp8.scaled_mm(x8.cpu(), w8.cpu().t(), ix.cpu(), iw.cpu(), torch.float32)
+            out[f"{recipe}_fast{int(fast)}"] = float((gpu - emu).norm() / emu.norm())
+    return out
+
+
 def compare_curves(runs: list[dict], window: int) -> dict:
     """Loss curves of runs with the same batches and init, against vqdna_bf16 at that batch:
     mean loss over the last `window` steps, its difference, and the largest gap between the
@@ -411,6 +440,11 @@ def main():
         result["correctness"] = correctness(arch, vocab, args.seq_len, device, batches_for(runs[0][1]))
     except Exception as exc:  # noqa: BLE001 - record and carry on: the timings still matter
         result["correctness"] = {"error": repr(exc)}
+    if device.type == "cuda":
+        try:
+            result["correctness"]["fp8_kernel_vs_cpu_emulation_rel_err"] = fp8_kernel_vs_emulation(device)
+        except Exception as exc:  # noqa: BLE001
+            result["correctness"]["fp8_kernel_vs_cpu_emulation_rel_err"] = repr(exc)[:300]
     print("correctness:", json.dumps(result["correctness"]), f"({time.perf_counter() - t0:.0f} s)", flush=True)
     write(result, args.out)
     for name, batch, steps in runs:

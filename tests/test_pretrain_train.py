@@ -80,11 +80,12 @@ def test_mlm_learns_saves_and_runs_4x_longer(tokens):
     assert torch.isfinite(hidden).all() and hidden.shape == (4, 4 * MAX_LEN + 1, 48)
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16_weights"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16_weights", "fp8"])
 def test_resume_after_kill_equals_uninterrupted(tokens, precision):
     from safetensors.torch import load_file
 
-    # 2 accumulation steps, dropout on; bf16_weights: bf16 model, fp32 masters in the optimizer
+    # 2 accumulation steps, dropout on; bf16_weights: bf16 model, fp32 masters in the optimizer;
+    # fp8: that plus float8 matmuls in the blocks (emulated on CPU)
     cfg = cfg_with(steps=6, checkpoint_every=3, micro_batch_size=16, precision=precision)
     whole_dir, resumed_dir = tokens / f"whole_{precision}", tokens / f"resumed_{precision}"
     pretrain(tokens / "tokens", tokens / "tok", whole_dir, cfg, track=False)
@@ -103,6 +104,14 @@ def test_resume_after_kill_equals_uninterrupted(tokens, precision):
     whole_metrics = json.loads((whole_dir / "pretrain_metrics.json").read_text())
     for key in ("eval_loss", "eval_masked_acc_level0", "eval_masked_acc_level1"):
         assert whole_metrics[key] == resumed_metrics[key]
+
+
+def test_fp8_rowwise_pretraining_learns(tokens):
+    metrics = pretrain(tokens / "tokens", tokens / "tok", tokens / "fp8_rowwise", cfg_with(precision="fp8", fp8_recipe="rowwise"),
+                       track=False)
+    assert metrics["eval_loss"] < metrics["uniform_loss"] - 0.4
+    model = VQDNAForMaskedLM.from_pretrained(tokens / "fp8_rowwise")  # saved as a plain fp32 model
+    assert all(p.dtype == torch.float32 for p in model.parameters())
 
 
 def test_checkpoint_of_other_settings_is_not_resumed(tokens):

@@ -62,12 +62,14 @@ def to_float8_rows(x: torch.Tensor, dtype: torch.dtype, dim: int) -> tuple[torch
 
 
 def scaled_mm(a8: torch.Tensor, b8: torch.Tensor, inv_a: torch.Tensor, inv_b: torch.Tensor,
-              out_dtype: torch.dtype) -> torch.Tensor:
+              out_dtype: torch.dtype, fast_accum: bool = False) -> torch.Tensor:
     """`(a8 * inv_a) @ (b8 * inv_b)` for float8 `a8 [M, K]` (row-major) and `b8 [K, N]`
     (column-major, as cuBLASLt wants it), accumulated in fp32, returned in `out_dtype`. Scales:
-    scalars (tensorwise) or `inv_a [M, 1]` and `inv_b [1, N]` (rowwise)."""
+    scalars (tensorwise) or `inv_a [M, 1]` and `inv_b [1, N]` (rowwise). `fast_accum`: Hopper's
+    faster float8 accumulation without periodic promotion to full fp32 (the forward product only,
+    as torchao does; gradients keep the exact accumulation); the CPU path always accumulates in fp32."""
     if a8.is_cuda:
-        return torch._scaled_mm(a8, b8, scale_a=inv_a, scale_b=inv_b, out_dtype=out_dtype)
+        return torch._scaled_mm(a8, b8, scale_a=inv_a, scale_b=inv_b, out_dtype=out_dtype, use_fast_accum=fast_accum)
     return ((a8.float() @ b8.float()) * (inv_a * inv_b)).to(out_dtype)
 
 
@@ -87,7 +89,7 @@ class _Float8Matmul(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         x8, inv_x = to_float8(x2, E4M3)
         w8, inv_w = to_float8(weight, E4M3)
-        out = scaled_mm(x8, w8.t(), inv_x, inv_w, x.dtype)
+        out = scaled_mm(x8, w8.t(), inv_x, inv_w, x.dtype, fast_accum=True)
         # float8 copies are what backward needs: half the bytes of bf16 activations
         ctx.save_for_backward(x8, inv_x, w8, inv_w)
         ctx.x_shape, ctx.x_dtype, ctx.w_dtype = x.shape, x.dtype, weight.dtype
@@ -116,7 +118,7 @@ class _Float8MatmulRowwise(torch.autograd.Function):
         x2 = x.reshape(-1, x.shape[-1])
         x8, inv_x = to_float8_rows(x2, E4M3, dim=1)           # one scale per token
         w8, inv_w = to_float8_rows(weight, E4M3, dim=1)       # one per output feature
-        out = scaled_mm(x8, w8.t(), inv_x, inv_w.reshape(1, -1), x.dtype)
+        out = scaled_mm(x8, w8.t(), inv_x, inv_w.reshape(1, -1), x.dtype, fast_accum=True)
         ctx.save_for_backward(x2, weight)
         ctx.x_shape = x.shape
         return out.view(*x.shape[:-1], weight.shape[0])

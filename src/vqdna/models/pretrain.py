@@ -26,6 +26,7 @@ from ..errors import ConfigError, InputError
 from ..tokens import TokenFile
 from ..tokens.format import read_meta
 from .collate import special_token_ids
+from .fp8 import convert_to_float8
 from .masking import mask_tokens
 from .modeling import VQDNAForMaskedLM
 from .schedule import warmup_cosine
@@ -57,6 +58,7 @@ class PretrainSettings:
     adam_eps: float = 1e-6
     grad_clip: float = 1.0
     precision: str = "auto"
+    fp8_recipe: str = "tensorwise"
     compile: bool = False
     train_split: str = "train"
     eval_split: str | None = "valid"
@@ -116,7 +118,8 @@ def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None 
     if device.type == "cpu" and settings.cpu_threads:
         torch.set_num_threads(settings.cpu_threads)
     use_bf16 = settings.precision == "bf16" or (settings.precision == "auto" and device.type == "cuda")
-    pure_bf16 = settings.precision == "bf16_weights"  # bf16 model, fp32 master weights in the optimizer
+    # bf16 model, fp32 master weights in the optimizer; fp8 adds float8 matmuls in the encoder blocks
+    pure_bf16 = settings.precision in ("bf16_weights", "fp8")
 
     train_file = TokenFile(tokens_dir, settings.train_split)
     eval_file = _maybe_eval_file(tokens_dir, settings.eval_split)
@@ -129,6 +132,8 @@ def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None 
     if pure_bf16:
         for p in model.parameters():  # parameters only: the frozen codebooks stay fp32
             p.data = p.data.to(torch.bfloat16)
+    if settings.precision == "fp8":
+        convert_to_float8(model, settings.fp8_recipe)  # same parameters and state-dict keys: checkpoints and save_pretrained unchanged
     optimizer = _optimizer(model, settings, device, master_weights=pure_bf16)
     accum = settings.accumulation(world)
     fingerprint = _fingerprint(settings, seed, world, train_file.meta.to_dict(), model.config.to_dict())
@@ -211,6 +216,7 @@ def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None 
                     metrics[f"loss_level{l}"] = float(window_level_loss[l]) / window_steps
                     metrics[f"masked_acc_level{l}"] = float(window_correct[l] / window_masked.clamp(min=1))
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}")
+                log.info("%s step %d: %s", name, done, json.dumps({k: round(v, 5) for k, v in metrics.items()}))
                 if mlrun is not None:
                     mlrun.log_metrics(metrics, step=done)
                 final.update(metrics)
