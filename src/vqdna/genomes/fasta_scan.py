@@ -34,8 +34,8 @@ from .windows import _COMPATIBLE, _runs
 # faults than the passes over them).
 SCAN_CHUNK = 1 << 20
 _NEWLINE, _GT, _T, _BAD = 10, 62, ord("T"), 0xFF
-# ASCII bytes that str.split() takes for whitespace and bytes.split() does not
-_STR_ONLY_SPACE = (b"\x1c", b"\x1d", b"\x1e", b"\x1f")
+# what bytes.split() splits on
+_SPACE_TABLE = bytes(c in b" \t\n\r\x0b\x0c" for c in range(256))
 
 
 def _scan_table() -> bytes:
@@ -91,16 +91,23 @@ def _chunks(fh: BinaryIO):
             return
 
 
-def _record_ids(mv: memoryview, starts: list[int], ends: list[int]) -> list[str]:
-    """First word of each header line (after its '>'), as `readers` names records."""
-    text = b"\n".join([mv[g + 1:h] for g, h in zip(starts, ends)])
-    try:
-        if any(c in text for c in _STR_ONLY_SPACE):
+def _record_ids(mv: memoryview, starts: np.ndarray, ends: np.ndarray) -> list[str]:
+    """First word of each header line (after its '>'), as `readers` names records: the header
+    lines joined, their first whitespace found with numpy, one decode, one slice per record."""
+    text = b"\n".join([mv[g + 1:h] for g, h in zip(starts.tolist(), ends.tolist())])
+    lens = ends - starts - 1
+    pos = np.cumsum(lens + 1) - (lens + 1)  # each header's first byte in `text`
+    space = np.frombuffer(text.translate(_SPACE_TABLE), dtype=np.uint8)
+    if not lens.all() or space[pos].any():  # an empty name or leading blanks: word by word
+        try:
             return [line.split(None, 1)[0].decode("ascii", errors="replace") for line in text.split(b"\n")]
-        # one decode for all; str.split then splits exactly where bytes.split would
-        return [line.split(None, 1)[0] for line in text.decode("ascii", errors="replace").split("\n")]
-    except IndexError:
-        raise NotPlain("header without a name") from None
+        except IndexError:
+            raise NotPlain("header without a name") from None
+    blanks = np.append(np.flatnonzero(space), len(text))
+    word_end = blanks[np.searchsorted(blanks, pos)]
+    # the ascii codec with errors="replace" keeps one character per byte, so byte offsets hold
+    names = text.decode("ascii", errors="replace")
+    return [names[a:b] for a, b in zip(pos.tolist(), word_end.tolist())]
 
 
 def scan_fasta(path: str | Path, out: BinaryIO, progress=None) -> ScanResult:
@@ -146,7 +153,7 @@ def scan_fasta(path: str | Path, out: BinaryIO, progress=None) -> ScanResult:
                 sizes = (ends - bodies) - nls
                 mv = memoryview(chunk)
                 body = b"".join([mv[a:b] for a, b in zip(bodies.tolist(), ends.tolist()) if b > a])
-                ids.extend(_record_ids(mv, gt.tolist(), he.tolist()))
+                ids.extend(_record_ids(mv, gt, he))
                 if current >= 0:
                     lengths.append(written - current_start + int(sizes[0]))
                 offs = written + np.cumsum(sizes)[:-1]

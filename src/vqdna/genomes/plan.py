@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ConfigError
-from .prepare import SPLITS, load_prepared, prep_paths
+from .prepare import SPLITS, load_split_meta, prep_paths
 from .table import GenomeRow
 
 PLAN_FORMAT = "vqdna-shard-plan-v1"
@@ -26,14 +26,14 @@ def build_plan(rows: list[GenomeRow], prep_dir: str | Path, shards_cfg: dict) ->
     totals = {s: 0 for s in SPLITS}
     for row in rows:
         seq_path, index_path = prep_paths(prep_dir, row.accession)
-        prepared = load_prepared(index_path)
-        counts = {s: int((prepared.split == i).sum()) for i, s in enumerate(SPLITS)}
+        split, meta = load_split_meta(index_path)
+        counts = {s: int((split == i).sum()) for i, s in enumerate(SPLITS)}
         for s in SPLITS:
             totals[s] += counts[s]
         genomes.append({
             "accession": row.accession, "species": row.species, "category": row.category,
             "seq": str(seq_path), "index": str(index_path), "windows": counts,
-            "bases": prepared.meta["bases"], "records": prepared.meta["records"],
+            "bases": meta["bases"], "records": meta["records"],
         })
     splits = {}
     for s in SPLITS:

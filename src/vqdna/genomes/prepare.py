@@ -200,3 +200,12 @@ def load_prepared(index_path: str | Path) -> PreparedGenome:
                                   record_ids, z["record_lengths"], meta)
     except FileNotFoundError:
         raise InputError(index_path, "prepared window index not found; run the shard prepare step") from None
+
+
+def load_split_meta(index_path: str | Path) -> tuple[np.ndarray, dict]:
+    """Only the per-window split and `meta` of a prepared index (what the plan needs)."""
+    try:
+        with np.load(index_path, allow_pickle=False) as z:
+            return z["split"], json.loads(str(z["meta"]))
+    except FileNotFoundError:
+        raise InputError(index_path, "prepared window index not found; run the shard prepare step") from None
