@@ -9,6 +9,11 @@ preloaded batch (the ceiling for the pipeline).
 
     PYTHONPATH=src python bench/tokenize_bench.py --device cuda --out bench/results/tokenize_h100.json
     PYTHONPATH=src python bench/tokenize_bench.py --tiny --device cpu     # smoke test
+
+Modes (`--modes`): eager (tokens.compile false), compiled (tokens.compile true: the model under
+torch.compile and bf16 autocast), fast / fast_bf16dist (tokens.fast: the frozen bf16 inference
+path, distance bf16x3 / bf16). Rows equal to the list API = share of stored ids equal to
+`VQTokenizer.encode` (eager, bf16 autocast) and to the eager fp32 model on the first windows.
 """
 
 from __future__ import annotations
@@ -47,7 +52,9 @@ def parse_args():
     p.add_argument("--rows-per-shard", type=int, default=8192)
     p.add_argument("--shards", type=int, default=24, help="shards in the timed split")
     p.add_argument("--batch-nt", default="1048576", help="comma-separated tokens.batch_nt values")
-    p.add_argument("--compile", default="0", help="comma-separated tokens.compile values (0/1)")
+    p.add_argument("--modes", default="fast", help="comma-separated: eager, compiled, fast, fast_bf16dist")
+    p.add_argument("--check-rows", type=int, default=16, help="windows compared with the reference encoders")
+    p.add_argument("--budget-s", type=float, default=1e9, help="skip runs once less than ~20 s would be left")
     p.add_argument("--scratch", default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--out", default=None, help="JSON file to write")
     return p.parse_args()
@@ -90,6 +97,15 @@ def tokenizer_config(kind: str, tiny: bool) -> VQModelConfig:
     return VQModelConfig.from_dict(defs[kind])
 
 
+MODES = {
+    "eager": {"compile": False},
+    "compiled": {"compile": True},
+    "fast": {"fast": {"enabled": True, "distance": "bf16x3"}},
+    "fast_bf16dist": {"fast": {"enabled": True, "distance": "bf16"}},
+    "fast_eager": {"fast": {"enabled": True, "distance": "bf16x3", "compile": False}},
+}
+
+
 def model_only_nt_per_s(tok: VQTokenizer, codes: torch.Tensor, device, repeats: int = 5) -> float:
     codes = codes.to(device)
     tok.encode_codes(codes)  # warm-up
@@ -107,6 +123,7 @@ def model_only_nt_per_s(tok: VQTokenizer, codes: torch.Tensor, device, repeats: 
 
 def main():
     args = parse_args()
+    t_begin = time.perf_counter()
     device = torch.device(args.device)
     if args.tiny:
         args.rows_per_shard, args.shards, args.window = 64, 2, 128
@@ -124,53 +141,86 @@ def main():
     result = {"bench": "tokenize", "device": gpu, "torch": torch.__version__, "window": args.window,
               "nt_per_run": nt_total, "shards": args.shards, "rows_per_shard": args.rows_per_shard,
               "io": "shards and .bin on local disk, shards freshly written (page cache warm)", "runs": []}
+    toks = {}
     for kind in args.kinds.split(","):
         torch.manual_seed(0)
         mcfg = tokenizer_config(kind, args.tiny)
         tok = VQTokenizer(VQVAE(mcfg))
-        tok_dir = scratch / f"tok_{kind}"
-        tok.save_pretrained(tok_dir)
-        params = sum(p.numel() for p in tok.model.parameters())
-        for batch_nt, compiled in [(int(b), bool(int(c))) for b in args.batch_nt.split(",") for c in args.compile.split(",")]:
-            cfg = {"device": device.type, "tokens": {"batch_nt": batch_nt, "compile": compiled}}
-            out = scratch / f"tokens_{kind}_{batch_nt}_{int(compiled)}"
-            tokenize_split(tok_dir, scratch / "shards", "warm", out, cfg)  # CUDA context, cuDNN plans
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            t = time.perf_counter()
-            meta, stats = tokenize_split(tok_dir, scratch / "shards", "train", out, cfg)
-            wall = time.perf_counter() - t
-            # Spot check: stored rows equal the tokenizer's list API on the same windows.
-            tf = TokenFile(out, "train")
-            rows = ascii_matrix(open_shard(scratch / "shards" / "train" / "00000.arrow"))[:4]
-            ref = VQTokenizer.from_pretrained(tok_dir, device=device).encode([r.tobytes() for r in rows])
-            agree = float(np.mean([np.mean(tf.window(i) == ref[i]) for i in range(len(rows))]))
-            # The model alone on one batch of the same real windows (the pipeline's ceiling).
-            rows_per_batch = max(1, batch_nt // args.window)
-            shard0 = ascii_matrix(open_shard(scratch / "shards" / "train" / "00000.arrow"))
-            codes = torch.from_numpy(np.resize(to_codes(shard0.reshape(-1)).reshape(shard0.shape),
-                                               (rows_per_batch, args.window)))
-            model_tok = VQTokenizer.from_pretrained(tok_dir, device=device)
-            if compiled and device.type == "cuda":
-                model_tok.compile()
-            model_nt_s = model_only_nt_per_s(model_tok, codes, device)
-            r = {"kind": kind, "tokenizer_params": params, "codebook_sizes": list(mcfg.codebook_sizes),
-                 "batch_nt": batch_nt, "compile": compiled, "dtype": meta.dtype, "wall_s": wall, "nt_per_s_end_to_end": nt_total / wall,
-                 "nt_per_s_loop": stats["nt_per_s"], "nt_per_s_model_only": model_nt_s,
-                 "agreement_with_list_api": agree}
-            result["runs"].append(r)
-            print(json.dumps(r))
-            shutil.rmtree(out)
+        tok.save_pretrained(scratch / f"tok_{kind}")
+        toks[kind] = (scratch / f"tok_{kind}", mcfg, sum(p.numel() for p in tok.model.parameters()))
+    # mode before kind: with too little time left, the less important mode is what gets skipped
+    for mode in args.modes.split(","):
+        for batch_nt, kind in [(int(b), k) for b in args.batch_nt.split(",") for k in toks]:
+            tok_dir, mcfg, params = toks[kind]
+            if time.perf_counter() - t_begin > args.budget_s - 20:
+                print(f"skipping {kind}/{mode}: time budget", flush=True)
+                result.setdefault("skipped", []).append(f"{kind}/{mode}/{batch_nt}")
+                continue
+            try:
+                run_one(args, scratch, device, result, kind, tok_dir, mcfg, params, batch_nt, mode, nt_total)
+            except Exception as exc:  # noqa: BLE001 - one failed mode must not lose the others
+                result.setdefault("errors", {})[f"{kind}/{mode}/{batch_nt}"] = f"{type(exc).__name__}: {exc}"[:2000]
+                print(f"{kind}/{mode} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
     print(f"\n{gpu}  window={args.window}  {nt_total / 1e6:.1f} Mnt per run")
-    print(f"{'kind':<6}{'batch_nt':>10}{'compile':>8}{'end-to-end nt/s':>18}{'model-only nt/s':>18}{'agree':>8}")
+    print(f"{'kind':<6}{'batch_nt':>10}{'mode':>15}{'end-to-end nt/s':>18}{'model-only nt/s':>18}"
+          f"{'=list API':>10}{'=fp32':>8}")
     for r in result["runs"]:
-        print(f"{r['kind']:<6}{r['batch_nt']:>10}{str(r['compile']):>8}{r['nt_per_s_end_to_end']:>18,.0f}{r['nt_per_s_model_only']:>18,.0f}"
-              f"{r['agreement_with_list_api']:>8.3f}")
+        print(f"{r['kind']:<6}{r['batch_nt']:>10}{r['mode']:>15}{r['nt_per_s_end_to_end']:>18,.0f}"
+              f"{r['nt_per_s_model_only']:>18,.0f}{r['agreement_with_list_api']:>10.4f}{r['agreement_with_fp32']:>8.4f}")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     if not args.scratch:
         shutil.rmtree(scratch, ignore_errors=True)
+
+
+def run_one(args, scratch, device, result, kind, tok_dir, mcfg, params, batch_nt, mode, nt_total):
+    """One timed `tokenize_split` of the train split, its spot checks and the model-only ceiling."""
+    from vqdna.tokenizers import fast_encode
+
+    cfg = {"device": device.type, "tokens": {"batch_nt": batch_nt, **MODES[mode]}}
+    out = scratch / f"tokens_{kind}_{batch_nt}_{mode}"
+    t = time.perf_counter()
+    tokenize_split(tok_dir, scratch / "shards", "warm", out, cfg)  # CUDA context, compiled graphs
+    warm_s = time.perf_counter() - t
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    meta, stats = tokenize_split(tok_dir, scratch / "shards", "train", out, cfg)
+    wall = time.perf_counter() - t
+    # Spot check: stored rows vs the list API (eager, autocast) and the eager fp32 model.
+    tf = TokenFile(out, "train")
+    rows = ascii_matrix(open_shard(scratch / "shards" / "train" / "00000.arrow"))[: args.check_rows]
+    stored = np.stack([tf.window(i) for i in range(len(rows))])
+    agree = {}
+    for name, autocast in (("list_api", True), ("fp32", False)):
+        ref_tok = VQTokenizer.from_pretrained(tok_dir, device=device, autocast=autocast)
+        ref = np.stack(ref_tok.encode([r.tobytes() for r in rows]))
+        agree[name] = float(np.mean(stored == ref))
+    # The model alone on one batch of the same real windows (the pipeline's ceiling).
+    rows_per_batch = max(1, batch_nt // args.window)
+    shard0 = ascii_matrix(open_shard(scratch / "shards" / "train" / "00000.arrow"))
+    codes = torch.from_numpy(np.resize(to_codes(shard0.reshape(-1)).reshape(shard0.shape),
+                                       (rows_per_batch, args.window)))
+    model_tok = VQTokenizer.from_pretrained(tok_dir, device=device)
+    spec = MODES[mode]
+    if spec.get("fast"):
+        model_tok.enable_fast({k: v for k, v in spec["fast"].items() if k != "enabled"})
+    elif spec.get("compile") and device.type == "cuda":
+        model_tok.compile()
+    model_nt_s = model_only_nt_per_s(model_tok, codes, device)
+    r = {"kind": kind, "tokenizer_params": params, "codebook_sizes": list(mcfg.codebook_sizes),
+         "batch_nt": batch_nt, "mode": mode, "tokens_cfg": cfg["tokens"], "dtype": meta.dtype,
+         "warm_split_s": warm_s, "wall_s": wall, "nt_per_s_end_to_end": nt_total / wall,
+         "nt_per_s_loop": stats["nt_per_s"], "nt_per_s_model_only": model_nt_s,
+         "agreement_with_list_api": agree["list_api"], "agreement_with_fp32": agree["fp32"],
+         "check_positions": int(stored.size), "fast_paths": dict(fast_encode.PATHS)}
+    result["runs"].append(r)
+    print(json.dumps(r), flush=True)
+    shutil.rmtree(out)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

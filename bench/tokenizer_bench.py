@@ -1,5 +1,6 @@
 """Stage-1 tokenizer speed and quality: training nt/s, encoding nt/s, model FLOP utilisation,
-and a bench-size training run's held-out reconstruction accuracy.
+code agreement of the fast inference path with the eager fp32 model, and a bench-size
+training run's held-out reconstruction accuracy.
 
     # here (has the demo genomes): real DNA as Arrow shards for the device (git-ignored folder)
     PYTHONPATH=src python bench/tokenizer_bench.py --make-data results/bench_tok_shards
@@ -8,16 +9,21 @@ and a bench-size training run's held-out reconstruction accuracy.
     # smoke test on CPU
     PYTHONPATH=src python bench/tokenizer_bench.py --tiny --device cpu --shards results/bench_tok_shards
 
-Phases (each writes the JSON again, so a time-out keeps what finished):
+Phases, in priority order (each writes the JSON again, so a time-out keeps what finished; a
+phase that would not fit in --budget-s is skipped):
 1. reference: plain bf16 matmuls of the model's two MLP shapes ([N, D] x [D, 4D], [N, 4D] x [4D, D]);
-2. encoding nt/s of `VQTokenizer.encode_codes` (bf16 autocast) at several batch sizes, eager and compiled;
-3. one training step (forward with EMA update, backward, fused AdamW) at the paper's batch, eager and compiled;
-4. a bench-size run of the real training loop (`train_vq_tokenizer`) on real DNA shards, then the
-   held-out reconstruction accuracy, code usage and perplexity from `metrics.json`.
+2. one VQ training step (forward with EMA update, backward, fused AdamW) at the paper's batch, compiled;
+3. a bench-size run of the real training loop (`train_vq_tokenizer`) on real DNA shards: held-out
+   reconstruction accuracy, code usage, perplexity (the trained model feeds phase 4);
+4. encoding nt/s of `VQTokenizer.encode_codes` per --encode-variants, VQ on the trained model and HRQ
+   (paper default, codebooks k-means-initialised on real DNA), with the share of positions whose
+   code equals the eager fp32 path's and the held-out reconstruction through each variant's codes;
+5. further training-step variants (--train-variants beyond the first, e.g. max-autotune; HRQ).
 
 Model FLOPs are counted from the architecture (every matmul and convolution, 2 FLOPs per MAC;
-training = 3x forward). MFU = achieved / datasheet dense bf16 peak; the issue's target compares
-the training FLOP rate to the rate the same script measures for the plain matmuls.
+training = 3x forward; the fast path's 3-product distance GEMM is counted once, as model work).
+MFU = achieved / datasheet dense bf16 peak; the issue's target compares the training FLOP rate
+to the rate the same script measures for the plain matmuls.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import json
 import platform
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,13 +45,36 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from vqdna.tokenizers.convnext import ConvNeXtBlock1d  # noqa: E402
+from vqdna.tokenizers.fast_encode import FastEncodeSettings  # noqa: E402
 from vqdna.tokenizers.model import VQModelConfig, VQVAE  # noqa: E402
 from vqdna.tokenizers.vq import VQTokenizer  # noqa: E402
 
 PEAK_BF16 = {"H100": 989e12, "H200": 989e12, "A100": 312e12}  # dense, datasheet (SXM)
 PAPER_VQ = dict(kind="vq", dim=384, stem_dim=256, depth=6, stem_kernel=5, block_kernel=7, mlp_ratio=4,
                 layer_scale_init=1e-6, taps=[6], codebook_sizes=[512], beta=0.5, ema_decay=0.99)
-TINY_VQ = dict(PAPER_VQ, dim=32, stem_dim=32, depth=2, taps=[2], codebook_sizes=[64], layer_scale_init=0.1, ema_decay=0.9)
+PAPER_HRQ = dict(PAPER_VQ, kind="hrq", taps=[3, 6], codebook_sizes=[1024, 2048], beta=0.9)
+TINY = {"vq": dict(PAPER_VQ, dim=32, stem_dim=24, depth=2, taps=[2], codebook_sizes=[64], layer_scale_init=0.1,
+                   ema_decay=0.9),
+        "hrq": dict(PAPER_HRQ, dim=32, stem_dim=24, depth=2, taps=[1, 2], codebook_sizes=[32, 64],
+                    layer_scale_init=0.1, ema_decay=0.9)}
+
+# Encoding variants. fast*: the frozen bf16 path (vqdna.tokenizers.fast_encode); the rest run the
+# model itself under bf16 autocast (eager, torch.compile, or compiled with bf16 encoder weights).
+ENCODE_VARIANTS = {
+    "eager": {},
+    "compiled": {"compile": True},
+    "compiled_bf16": {"compile": True, "bf16_weights": True},
+    "fast": {"fast": dict(distance="bf16x3", gelu_epilogue=True)},
+    "fast_bf16dist": {"fast": dict(distance="bf16", gelu_epilogue=True)},
+    "fast_erf": {"fast": dict(distance="bf16x3", gelu_epilogue=False)},
+    "fast_eager": {"fast": dict(distance="bf16x3", gelu_epilogue=True, compile=False)},
+}
+TRAIN_VARIANTS = {  # name -> (kind, torch.compile mode or None for eager)
+    "vq_compiled": ("vq", "default"),
+    "vq_autotune": ("vq", "max-autotune-no-cudagraphs"),
+    "vq_eager": ("vq", None),
+    "hrq_compiled": ("hrq", "default"),
+}
 
 
 def parse_args():
@@ -53,17 +83,20 @@ def parse_args():
     p.add_argument("--tiny", action="store_true", help="toy sizes (CPU smoke test)")
     p.add_argument("--shards", default="results/bench_tok_shards", help="real-DNA shards (train/, valid/)")
     p.add_argument("--make-data", metavar="DIR", help="write real-DNA shards from data/demo/genomes to DIR and exit")
-    p.add_argument("--encode-batches", default="256,1024,2048", help="windows per encode call (length --encode-len)")
+    p.add_argument("--encode-batches", default="1024,2048", help="windows per encode call (length --encode-len)")
     p.add_argument("--encode-len", type=int, default=512)
+    p.add_argument("--encode-kinds", default="vq,hrq")
+    p.add_argument("--encode-variants", default="fast,fast_bf16dist,fast_eager,fast_erf,compiled",
+                   help=f"comma-separated, of {list(ENCODE_VARIANTS)}")
     p.add_argument("--train-batch", type=int, default=1024)
     p.add_argument("--train-len", type=int, default=256)
-    p.add_argument("--variants", default="eager,compiled,compiled_bf16",
-                   help="eager | compiled (torch.compile, shifted-sum depth-wise conv) | compiled_conv (cuDNN "
-                        "depth-wise conv inside the compiled graph) | compiled_bf16 (encoding only: encoder weights in bf16)")
+    p.add_argument("--train-variants", default="vq_compiled,vq_autotune,hrq_compiled",
+                   help=f"comma-separated, of {list(TRAIN_VARIANTS)}; the first runs before the bench-size run")
     p.add_argument("--reps", type=int, default=10)
-    p.add_argument("--run-seconds", type=float, default=90.0, help="time budget of the bench-size training run")
+    p.add_argument("--run-seconds", type=float, default=40.0, help="time budget of the bench-size training run")
     p.add_argument("--run-lr", type=float, default=1e-3)
     p.add_argument("--run-compile", action="store_true", help="compile in the bench-size run")
+    p.add_argument("--agree-windows", type=int, default=512, help="held-out windows for the code agreement")
     p.add_argument("--budget-s", type=float, default=370.0, help="skip phases that would not fit in this total")
     p.add_argument("--out", default=None, help="JSON file to write")
     return p.parse_args()
@@ -125,23 +158,54 @@ def random_dna(batch: int, length: int, device: str) -> torch.Tensor:
     return torch.randint(0, 4, (batch, length), device=device, dtype=torch.uint8)
 
 
-def prepare_tokenizer(tok: VQTokenizer, variant: str) -> VQTokenizer:
-    if "bf16" in variant:
+def real_windows(args, split: str, rows: int, length: int) -> torch.Tensor:
+    from vqdna.genomes.shards_io import list_shards, read_codes
+
+    out, have = [], 0
+    for path in list_shards(args.shards, split):
+        codes = read_codes(path)
+        out.append(codes[: rows - have, :length])
+        have += len(out[-1])
+        if have >= rows:
+            break
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(out)))
+
+
+def make_tokenizer(model: VQVAE, variant: str, device: str) -> VQTokenizer:
+    """A tokenizer over a private copy of `model` set up as `variant` (ENCODE_VARIANTS)."""
+    import copy
+
+    spec = ENCODE_VARIANTS[variant]
+    tok = VQTokenizer(copy.deepcopy(model)).to(device)
+    if "fast" in spec:
+        tok.enable_fast(FastEncodeSettings(**{"compile": device == "cuda", **spec["fast"]}))
+    if spec.get("bf16_weights"):
         tok.model.encoder.to(torch.bfloat16)  # codebooks and distances stay fp32
-    if variant.startswith("compiled"):
+    if spec.get("compile") and device == "cuda":
         tok.compile()
     return tok
 
 
-def bench_encode(c: dict, batches: list[int], length: int, device: str, reps: int, variant: str, flops: dict,
-                 peak: float | None) -> list[dict]:
-    torch.manual_seed(0)
-    tok = prepare_tokenizer(VQTokenizer(VQVAE(VQModelConfig(**c))).to(device), variant)
+def kmeans_model(c: dict, args, device: str, seed: int = 0) -> VQVAE:
+    """A paper-size model with random weights and codebooks k-means-initialised on real DNA latents."""
+    torch.manual_seed(seed)
+    model = VQVAE(VQModelConfig(**c)).to(device).eval()
+    x = real_windows(args, "train", max(1, 65536 // args.train_len), args.train_len).to(device).long()
+    with torch.no_grad():
+        model.quantizer.init_codebooks([z.float() for z in model.encoder(x)], 5, torch.Generator().manual_seed(seed))
+    return model
+
+
+def bench_encode(tok: VQTokenizer, batches: list[int], length: int, device: str, reps: int, label: str,
+                 flops: dict, peak: float | None) -> list[dict]:
     rows = []
     for b in batches:
         x = random_dna(b, length, device)
         try:
-            sec = timed(lambda: tok.encode_codes(x), reps, device)
+            t = time.time()
+            tok.encode_codes(x)  # compile / first call outside the timing
+            first = time.time() - t
+            sec = timed(lambda: tok.encode_codes(x, out_dtype=torch.int32), reps, device)
         except torch.OutOfMemoryError:
             rows.append({"batch": b, "length": length, "error": "out of memory"})
             torch.cuda.empty_cache()
@@ -149,19 +213,59 @@ def bench_encode(c: dict, batches: list[int], length: int, device: str, reps: in
         nt_s = b * length / sec
         tflops = nt_s * flops["encode"] / 1e12
         rows.append({"batch": b, "length": length, "seconds": sec, "nt_per_s": nt_s, "tflops": tflops,
-                     "mfu": tflops * 1e12 / peak if peak else None})
-        print(f"  encode {variant:14s} B={b:5d} L={length}: {nt_s / 1e6:8.2f} M nt/s "
-              f"{tflops:7.1f} TFLOP/s", flush=True)
+                     "mfu": tflops * 1e12 / peak if peak else None, "first_call_seconds": first})
+        print(f"  encode {label:22s} B={b:5d} L={length}: {nt_s / 1e6:8.2f} M nt/s "
+              f"{tflops:7.1f} TFLOP/s (first call {first:.1f} s)", flush=True)
     return rows
 
 
-def bench_train_step(c: dict, batch: int, length: int, device: str, reps: int, compiled: bool, flops: dict,
+@torch.no_grad()
+def agreement(tok: VQTokenizer, model: VQVAE, windows: torch.Tensor, device: str, batch: int = 256) -> dict:
+    """Codes of `tok` vs the eager fp32 model (no autocast) on real windows, and the reconstruction
+    accuracy of each set of codes through the fp32 decoder."""
+    ref_tok = VQTokenizer(model, autocast=False)
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # the stem convolution too in true fp32
+    try:
+        return _agreement(tok, ref_tok, windows, device, batch)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+
+
+def _agreement(tok, ref_tok, windows, device, batch) -> dict:
+    same, total, rec_ref, rec_tok, per_level = 0, 0, 0, 0, None
+    for i in range(0, len(windows), batch):
+        x = windows[i:i + batch].to(device)
+        real = len(x)
+        if real < batch:  # pad with repeats to the timed batch shape: no recompilation for a new shape
+            x = x.repeat((batch + real - 1) // real, 1)[:batch]
+        ref = ref_tok.encode_codes(x)[:real]
+        got = tok.encode_codes(x)[:real]
+        x = x[:real]
+        eq = (ref == got)
+        per_level = eq.flatten(0, 1).sum(0) if per_level is None else per_level + eq.flatten(0, 1).sum(0)
+        same += int(eq.all(-1).sum())
+        total += eq.shape[0] * eq.shape[1]
+        rec_ref += int((ref_tok.decode_codes(ref) == x.long()).sum())
+        rec_tok += int((ref_tok.decode_codes(got) == x.long()).sum())
+    out = {"positions": total, "share_equal_all_levels": same / total,
+           "share_equal_per_level": [int(v) / total for v in per_level],
+           "reconstruction_fp32_codes": rec_ref / total, "reconstruction_variant_codes": rec_tok / total}
+    print(f"    agreement with eager fp32: {out['share_equal_all_levels'] * 100:.4f}% of {total} positions "
+          f"(per level {[round(v * 100, 4) for v in out['share_equal_per_level']]}), reconstruction "
+          f"{out['reconstruction_fp32_codes'] * 100:.3f}% -> {out['reconstruction_variant_codes'] * 100:.3f}%",
+          flush=True)
+    return out
+
+
+def bench_train_step(c: dict, batch: int, length: int, device: str, reps: int, mode: str | None, flops: dict,
                      peak: float | None) -> dict:
     torch.manual_seed(0)
     model = VQVAE(VQModelConfig(**c)).to(device)
-    if compiled:
-        model.encoder.compile(dynamic=False)
-        model.decoder.compile(dynamic=False)
+    if mode is not None and device == "cuda":
+        kw = {} if mode == "default" else {"mode": mode}
+        model.encoder.compile(dynamic=False, **kw)
+        model.decoder.compile(dynamic=False, **kw)
     cuda = device == "cuda"
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01, fused=cuda)
     x = random_dna(batch, length, device).long()
@@ -176,50 +280,36 @@ def bench_train_step(c: dict, batch: int, length: int, device: str, reps: int, c
         opt.step()
         opt.zero_grad(set_to_none=True)
 
+    t = time.time()
+    step()
+    first = time.time() - t
     sec = timed(step, reps, device)
     nt_s = batch * length / sec
     tflops = nt_s * 3 * flops["forward"] / 1e12
     mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-    row = {"batch": batch, "length": length, "seconds_per_step": sec, "nt_per_s": nt_s, "tflops": tflops,
-           "mfu": tflops * 1e12 / peak if peak else None, "max_memory_gib": mem}
-    print(f"  train  {'compiled' if compiled else 'eager':14s} B={batch:5d} L={length}: {nt_s / 1e6:8.2f} M nt/s "
-          f"{tflops:7.1f} TFLOP/s  {sec * 1e3:7.1f} ms/step", flush=True)
+    row = {"kind": c["kind"], "compile_mode": mode, "batch": batch, "length": length, "seconds_per_step": sec,
+           "nt_per_s": nt_s, "tflops": tflops, "mfu": tflops * 1e12 / peak if peak else None,
+           "max_memory_gib": mem, "first_step_seconds": first}
+    print(f"  train  {c['kind']} {str(mode):28s} B={batch:5d} L={length}: {nt_s / 1e6:8.2f} M nt/s "
+          f"{tflops:7.1f} TFLOP/s  {sec * 1e3:7.1f} ms/step (first step {first:.0f} s)", flush=True)
     return row
-
-
-def bench_dwconv(c: dict, batch: int, length: int, device: str, reps: int) -> dict:
-    """Depth-wise k=7 conv vs its transposed twin (the decoder's 'deconvolution'), fwd+bwd, bf16."""
-    D, k = c["dim"], c["block_kernel"]
-    x = torch.randn(batch, D, length, device=device, requires_grad=True)
-    out = {}
-    for name, cls in {"conv1d": torch.nn.Conv1d, "conv_transpose1d": torch.nn.ConvTranspose1d}.items():
-        layer = cls(D, D, k, padding=k // 2, groups=D).to(device)
-
-        def fb():
-            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
-                layer(x).float().sum().backward()
-
-        out[name] = timed(fb, reps, device)
-    print(f"  depth-wise conv fwd+bwd: conv1d {out['conv1d'] * 1e3:.2f} ms, "
-          f"conv_transpose1d {out['conv_transpose1d'] * 1e3:.2f} ms", flush=True)
-    return out
 
 
 # ---------------------------------------------------------------------------------------- real run
 def bench_run(c: dict, args, step_seconds: float | None, work: Path) -> dict:
     from vqdna.tokenizers.trainer import TrainSettings, train_vq_tokenizer
 
-    per_step = step_seconds or 0.05
+    per_step = step_seconds or 0.25
     steps = max(20, int(args.run_seconds / (per_step * 1.15)))  # 15% for data loading and logging
     if args.tiny:
         steps = min(steps, 60)
     warmup = max(5, steps // 10)
     s = TrainSettings(
         batch_size=args.train_batch if not args.tiny else 16, max_steps=steps, lr=args.run_lr, min_lr=args.run_lr / 100,
-        betas=(0.9, 0.98), weight_decay=0.01, warmup_steps=warmup, seq_len_warmup=args.train_len // 2,
+        betas=(0.9, 0.98), weight_decay=0.01, warmup_steps=warmup, seq_len_warmup=args.train_len,
         seq_len=args.train_len, grad_clip=1.0, init_kmeans_iters=10, kmeans_after_warmup=False, kmeans_iters=20,
-        kmeans_max_samples=262144, restart_every=max(10, steps // 20), checkpoint_every=0, log_every=max(1, steps // 10),
-        valid_windows=4096 if not args.tiny else 64, valid_length=None, eval_batch_rows=256,
+        kmeans_max_samples=262144, restart_every=max(10, steps // 20), checkpoint_every=0, log_every=max(1, steps // 5),
+        valid_windows=1024 if not args.tiny else 64, valid_length=None, eval_batch_rows=256,
         compile=args.run_compile,
     )
     log = []
@@ -229,32 +319,12 @@ def bench_run(c: dict, args, step_seconds: float | None, work: Path) -> dict:
                                  log_metrics=lambda m, step: (log.append({"step": step, **m}),
                                                               print(f"  step {step}: {m}", flush=True)))
     wall = time.time() - t
-    agreement = code_agreement(work / "tok", args, args.device)
-    return {"agreement": agreement, "settings": {k: v for k, v in s.__dict__.items()}, "wall_seconds": wall,
+    return {"settings": {k: v for k, v in s.__dict__.items()}, "wall_seconds": wall,
             "train_nucleotides": metrics["train_nucleotides_this_run"],
             "train_seconds": metrics["train_seconds_this_run"],
             "valid_reconstruction_accuracy": metrics["valid_reconstruction_accuracy"],
             "valid_windows": metrics["valid_windows"], "valid_nucleotides": metrics["valid_nucleotides"],
             "usage_pct": metrics["usage_pct"], "perplexity": metrics["perplexity"], "log": log}
-
-
-def code_agreement(tok_dir: Path, args, device: str) -> dict:
-    """Share of held-out positions whose code is the same as with the eager fp32/autocast reference."""
-    from vqdna.genomes.shards_io import list_shards, read_codes
-
-    windows = torch.from_numpy(read_codes(list_shards(args.shards, "valid")[0])[:512])
-    ref = VQTokenizer.from_pretrained(tok_dir, device=device).encode_codes(windows)
-    out = {}
-    variants = ["eager_bf16", "eager_fp32"] if device == "cuda" else ["eager_fp32"]
-    for variant in variants:
-        tok = VQTokenizer.from_pretrained(tok_dir, device=device, autocast=variant != "eager_fp32")
-        try:
-            codes = prepare_tokenizer(tok, variant).encode_codes(windows)
-            out[variant] = float((codes == ref).float().mean())
-        except Exception as exc:  # noqa: BLE001
-            out[variant] = f"{type(exc).__name__}: {exc}"[:500]
-    print(f"  code agreement with eager autocast: {out}", flush=True)
-    return out
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -316,6 +386,12 @@ def make_data(out: Path, window: int = 512) -> None:
 
 
 # ---------------------------------------------------------------------------------------- main
+# rough seconds on an H100/H200 (compilation included), to skip what would not fit
+ENCODE_COST_S = {"fast": 25, "fast_bf16dist": 8, "fast_erf": 8, "fast_eager": 6, "eager": 8,
+                 "compiled": 45, "compiled_bf16": 45}
+TRAIN_COST_S = {"vq_compiled": 55, "vq_autotune": 200, "vq_eager": 12, "hrq_compiled": 55}
+
+
 def main() -> int:
     args = parse_args()
     if args.make_data:
@@ -323,19 +399,23 @@ def main() -> int:
         return 0
     t_start = time.time()
     device = args.device
-    c = TINY_VQ if args.tiny else PAPER_VQ
+    configs = TINY if args.tiny else {"vq": PAPER_VQ, "hrq": PAPER_HRQ}
     if args.tiny:
         args.train_batch, args.train_len, args.encode_len = 8, 128, 256
-        args.encode_batches, args.reps, args.run_seconds = "4,8", 2, 10
+        args.encode_batches, args.reps, args.run_seconds, args.agree_windows = "4,8", 2, 10, 16
     gpu = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu"
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None) if device == "cuda" else None
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
-    flops = forward_flops_per_nt(c)
-    params = VQVAE(VQModelConfig(**c)).num_parameters()
+    import torch._dynamo
+
+    # every (variant, shape) is its own static graph: room for all of them
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    flops = {k: forward_flops_per_nt(c) for k, c in configs.items()}
+    params = {k: VQVAE(VQModelConfig(**c)).num_parameters() for k, c in configs.items()}
     result = {"bench": "tokenizer", "device": gpu, "torch": torch.__version__, "cuda": torch.version.cuda,
-              "peak_bf16_flops": peak, "config": c, "parameters": params, "flops_per_nt": flops,
-              "command": " ".join(sys.argv), "phases_done": []}
+              "peak_bf16_flops": peak, "configs": configs, "parameters": params, "flops_per_nt": flops,
+              "command": " ".join(sys.argv), "phases_done": [], "skipped": [], "encode": {}, "train_step": {}}
 
     def save():
         if args.out:
@@ -345,84 +425,132 @@ def main() -> int:
     def left() -> float:
         return args.budget_s - (time.time() - t_start)
 
-    print(f"device {gpu}, torch {torch.__version__}, params {params}, forward {flops['forward'] / 1e6:.2f} MFLOP/nt",
-          flush=True)
-    batches = [int(b) for b in args.encode_batches.split(",")]
-    variants = args.variants.split(",")
+    def fits(name: str, cost: float) -> bool:
+        if args.tiny or left() >= cost:
+            return True
+        print(f"  skipping {name}: {left():.0f} s left, needs ~{cost:.0f}", flush=True)
+        result["skipped"].append(name)
+        return False
 
-    result["matmul"] = matmul_reference(c, args.train_batch * args.train_len, device, args.reps)
-    print(f"  plain matmuls of the model's shapes: {result['matmul']['model_shapes_tflops']:.1f} TFLOP/s", flush=True)
-    result["dwconv_seconds"] = bench_dwconv(c, args.train_batch // 4, args.train_len, device, args.reps)
+    def record_error(name: str, exc: Exception) -> None:
+        result.setdefault("errors", {})[name] = f"{type(exc).__name__}: {exc}"[:2000]
+        print(f"  {name} failed: {type(exc).__name__}: {str(exc)[:300]}", flush=True)
+
+    print(f"device {gpu}, torch {torch.__version__}, params {params}, "
+          f"forward {flops['vq']['forward'] / 1e6:.2f} MFLOP/nt (vq)", flush=True)
+    batches = [int(b) for b in args.encode_batches.split(",")]
+    encode_variants = args.encode_variants.split(",")
+    train_variants = args.train_variants.split(",")
+    run_cost = args.run_seconds + 10
+
+    # 1. the matmul ceiling
+    result["matmul"] = matmul_reference(configs["vq"], args.train_batch * args.train_len, device, args.reps)
+    matmul = result["matmul"]["model_shapes_tflops"]
+    print(f"  plain matmuls of the model's shapes: {matmul:.1f} TFLOP/s", flush=True)
     result["phases_done"].append("matmul")
     save()
 
-    result["encode"], result["train_step"] = {}, {}
-    for variant in variants:
-        if variant == "compiled" and device != "cuda":
-            continue
-        if left() < args.run_seconds + (200 if args.run_compile else 90):
-            print(f"  skipping {variant}: {left():.0f} s left", flush=True)
-            continue
+    def train_phase(name: str) -> None:
+        kind, mode = TRAIN_VARIANTS[name]
         try:
-            ConvNeXtBlock1d.depthwise_impl = "conv" if variant == "compiled_conv" else "auto"
-            result["encode"][variant] = bench_encode(c, batches, args.encode_len, device, args.reps,
-                                                     variant, flops, peak)
-            save()
-            if "bf16" not in variant:
-                result["train_step"][variant] = bench_train_step(
-                    c, args.train_batch, args.train_len, device, args.reps, variant.startswith("compiled"), flops, peak)
+            row = bench_train_step(configs[kind], args.train_batch, args.train_len, device, args.reps, mode,
+                                   flops[kind], peak)
+            row["vs_plain_matmul"] = row["tflops"] / matmul
+            result["train_step"][name] = row
         except Exception as exc:  # noqa: BLE001 - a failed variant must not lose the others
-            result.setdefault("errors", {})[variant] = f"{type(exc).__name__}: {exc}"[:2000]
-            print(f"  {variant} failed: {exc}", flush=True)
-        finally:
-            ConvNeXtBlock1d.depthwise_impl = "auto"
-        result["phases_done"].append(variant)
+            record_error(f"train:{name}", exc)
+        result["phases_done"].append(f"train:{name}")
         save()
 
-    matmul = result["matmul"]["model_shapes_tflops"]
-    for variant, row in result["train_step"].items():
-        row["vs_plain_matmul"] = row["tflops"] / matmul
-    save()
+    # 2. the training step the target is about
+    if train_variants and fits(train_variants[0], TRAIN_COST_S.get(train_variants[0], 55) + run_cost + 30):
+        train_phase(train_variants[0])
 
-    step_s = None
-    for variant in ("compiled" if args.run_compile else "eager",):
-        if variant in result["train_step"]:
-            step_s = result["train_step"][variant]["seconds_per_step"]
-    if step_s is None and result["train_step"]:
-        step_s = min(r["seconds_per_step"] for r in result["train_step"].values())
-    args.run_seconds = max(10.0, min(args.run_seconds, left() - 60))
-    import tempfile
+    # 3. bench-size training run -> a trained VQ for the agreement checks
+    trained = None
+    step_s = next((r["seconds_per_step"] for r in result["train_step"].values() if r["kind"] == "vq"), None)
+    if not args.run_compile:
+        step_s = None  # eager run: its own (slower) step
+    if fits("run", run_cost + 30):
+        with tempfile.TemporaryDirectory() as work:
+            try:
+                result["run"] = bench_run(configs["vq"], args, step_s, Path(work))
+                trained = VQTokenizer.from_pretrained(Path(work) / "tok", device=device).model
+            except Exception as exc:  # noqa: BLE001
+                record_error("run", exc)
+        result["phases_done"].append("run")
+        save()
 
-    with tempfile.TemporaryDirectory() as work:
-        try:
-            result["run"] = bench_run(c, args, step_s, Path(work))
-        except Exception as exc:  # noqa: BLE001
-            result.setdefault("errors", {})["run"] = f"{type(exc).__name__}: {exc}"[:2000]
-            print(f"  bench run failed: {exc}", flush=True)
-    result["phases_done"].append("run")
+    # 4. encoding: VQ (trained when phase 3 ran) and HRQ; variant before kind, so that with too
+    #    little time left the less important variants are what gets skipped
+    kinds = args.encode_kinds.split(",")
+    models, held_out = {}, real_windows(args, "valid", args.agree_windows, args.encode_len)
+    for variant in encode_variants:
+        for kind in kinds:
+            if variant in ("compiled", "compiled_bf16", "compiled_conv") and device != "cuda":
+                continue
+            if not fits(f"encode:{kind}:{variant}", ENCODE_COST_S.get(variant, 40)):
+                continue
+            try:
+                if kind not in models:
+                    models[kind] = trained if (kind == "vq" and trained is not None) else \
+                        kmeans_model(configs[kind], args, device)
+                    result["encode"][kind] = {"model": "trained (phase 3)" if models[kind] is trained else
+                                              "random weights, codebooks k-means-initialised on real DNA latents"}
+                model = models[kind]
+                ConvNeXtBlock1d.depthwise_impl = "conv" if variant == "compiled_conv" else "auto"
+                tok = make_tokenizer(model, variant, device)
+                rows = bench_encode(tok, batches, args.encode_len, device, args.reps, f"{kind} {variant}",
+                                    flops[kind], peak)
+                result["encode"][kind][variant] = {"rows": rows, "agreement": agreement(tok, model, held_out, device,
+                                                                                        batch=batches[0])}
+                del tok
+            except Exception as exc:  # noqa: BLE001
+                record_error(f"encode:{kind}:{variant}", exc)
+            finally:
+                ConvNeXtBlock1d.depthwise_impl = "auto"
+            result["phases_done"].append(f"encode:{kind}:{variant}")
+            save()
+
+    # 5. the other training variants, as time allows
+    for name in train_variants[1:]:
+        if fits(name, TRAIN_COST_S.get(name, 75)):
+            train_phase(name)
+    from vqdna.tokenizers import fast_encode
+
+    result["fast_paths"] = dict(fast_encode.PATHS)
     result["total_seconds"] = time.time() - t_start
     save()
 
     # the table
-    print("\n| what | variant | batch x len | M nt/s | TFLOP/s | MFU | vs plain matmul |")
-    print("|---|---|---|---|---|---|---|")
-    for variant, rows in result["encode"].items():
-        for r in rows:
-            if "error" in r:
+    print("\n| what | variant | batch x len | M nt/s | TFLOP/s | MFU | vs plain matmul | codes = fp32 | rec. acc. |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for kind, variants in result["encode"].items():
+        for variant, rec in variants.items():
+            if not isinstance(rec, dict) or "rows" not in rec:
                 continue
-            print(f"| encode | {variant} | {r['batch']}x{r['length']} | {r['nt_per_s'] / 1e6:.2f} | {r['tflops']:.1f} | "
-                  f"{(r['mfu'] or 0) * 100:.1f}% | {r['tflops'] / matmul * 100:.0f}% |")
-    for variant, r in result["train_step"].items():
-        print(f"| train step | {variant} | {r['batch']}x{r['length']} | {r['nt_per_s'] / 1e6:.2f} | {r['tflops']:.1f} | "
-              f"{(r['mfu'] or 0) * 100:.1f}% | {r['vs_plain_matmul'] * 100:.0f}% |")
+            ag = rec["agreement"]
+            for r in rec["rows"]:
+                if "error" in r:
+                    continue
+                print(f"| encode {kind} | {variant} | {r['batch']}x{r['length']} | {r['nt_per_s'] / 1e6:.2f} | "
+                      f"{r['tflops']:.1f} | {(r['mfu'] or 0) * 100:.1f}% | {r['tflops'] / matmul * 100:.0f}% | "
+                      f"{ag['share_equal_all_levels'] * 100:.3f}% | {ag['reconstruction_variant_codes'] * 100:.2f}% |")
+    for name, r in result["train_step"].items():
+        print(f"| train step | {name} | {r['batch']}x{r['length']} | {r['nt_per_s'] / 1e6:.2f} | {r['tflops']:.1f} | "
+              f"{(r['mfu'] or 0) * 100:.1f}% | {r['vs_plain_matmul'] * 100:.1f}% | | |")
     print(f"| plain bf16 matmul (model shapes) | | | | {matmul:.1f} | "
-          f"{(matmul * 1e12 / peak * 100) if peak else 0:.1f}% | 100% |")
+          f"{(matmul * 1e12 / peak * 100) if peak else 0:.1f}% | 100% | | |")
     if "run" in result:
         r = result["run"]
         print(f"\nbench run: {r['settings']['max_steps']} steps x {r['settings']['batch_size']} windows "
               f"({r['train_nucleotides'] / 1e9:.2f} G nt, {r['train_seconds']:.0f} s): held-out reconstruction "
               f"{r['valid_reconstruction_accuracy'] * 100:.2f}% on {r['valid_nucleotides']} nt, usage "
               f"{r['usage_pct']}%, perplexity {[round(p, 1) for p in r['perplexity']]}")
+    if result["skipped"]:
+        print(f"skipped: {result['skipped']}")
+    if result.get("errors"):
+        print(f"errors: {list(result['errors'])}")
     return 0
 
 

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 DISTANCES = ("bf16x3", "bf16", "fp32")
+_COMPILED: dict = {}
 
 
 @dataclass
@@ -101,13 +102,22 @@ def _argmin(scores, half_sq):
     return (half_sq - scores).argmin(-1).to(torch.int32)
 
 
+PATHS: dict = {}  # which implementation ran where there is a fallback (reported by the benches)
+
+
 def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b with an fp32 result; bf16 operands accumulate in fp32 inside cuBLAS (no upcast pass)."""
     if a.dtype == torch.float32:
         return a @ b
-    if a.is_cuda:
-        return torch.mm(a, b, out_dtype=torch.float32)
-    return a.float() @ b.float()  # CPU: bf16 values are exact in fp32, same function
+    if a.is_cuda and PATHS.get("distance_gemm") != "upcast":
+        try:
+            out = torch.mm(a, b, out_dtype=torch.float32)
+            PATHS["distance_gemm"] = "mm_out_dtype"
+            return out
+        except (TypeError, RuntimeError, NotImplementedError) as exc:  # older torch: same function, slower
+            PATHS["distance_gemm"] = "upcast"
+            PATHS["distance_gemm_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    return a.float() @ b.float()  # bf16 values are exact in fp32: the same function
 
 
 def _fc1_gelu(y, w1t, b1, epilogue: bool):
@@ -207,8 +217,11 @@ class FastEncoder:
     def _build_fns(self, device: torch.device) -> None:
         fns = {"stem": _stem, "dwconv_ln": _dwconv_ln, "tap": _tap, "argmin": _argmin}
         if self.settings.compile and device.type == "cuda":
-            # static shapes: one graph per batch shape, no shape-generic kernels
-            fns = {k: torch.compile(v, dynamic=False, fullgraph=True) for k, v in fns.items()}
+            if not _COMPILED:
+                # static shapes: one graph per batch shape, no shape-generic kernels; built once per
+                # process so every FastEncoder (each tokenizer, each rebuild) shares the graphs
+                _COMPILED.update({k: torch.compile(v, dynamic=False, fullgraph=True) for k, v in fns.items()})
+            fns = dict(_COMPILED)
         self.fns = fns
 
     @torch.inference_mode()
@@ -217,7 +230,7 @@ class FastEncoder:
         fns, cd = self.fns, self.compute_dtype
         batch, length = codes.shape
         n = batch * length
-        y = fns["stem"](codes, self.stem_table, self.stem_bias, *self.stem_ln, cd).view(n, -1)
+        y = fns["stem"](codes, self.stem_table, self.stem_bias, *self.stem_ln, cd).reshape(n, -1)
         s = torch.mm(y, self.proj_wt) if self.proj_wt is not None else y.contiguous()
         shift = self.proj_b
         out, level_iter = [], iter(self.levels)
@@ -225,7 +238,7 @@ class FastEncoder:
         prev_ids = prev_embed = None
         for i, blk in enumerate(self.blocks, start=1):
             y = fns["dwconv_ln"](s.view(batch, length, -1), shift, blk.dw_w, blk.dw_b, blk.ln_w, blk.ln_b, blk.eps)
-            h = _fc1_gelu(y.view(n, -1), blk.w1t, blk.b1, self.settings.gelu_epilogue)
+            h = _fc1_gelu(y.reshape(n, -1), blk.w1t, blk.b1, self.settings.gelu_epilogue)
             s.addmm_(h, blk.w2t)
             shift = shift + blk.b2
             while level is not None and level.block == i:

@@ -128,13 +128,13 @@ def tokenize_split(tokenizer_dir, shards_root, split: str, out_dir, cfg: dict, *
             in_flight = None  # (handle, row, rows, shard, first row in shard): one batch stays queued
             row = 0
 
-            def finish(job) -> None:
+            def finish(job, dest) -> None:
                 handle, at, n, shard, i = job
                 try:
                     ids, real = encoder.result(handle)
                 except ValueError as exc:
                     raise InputError(shard, str(exc), record=f"rows {i}..{i + n - 1}") from None
-                ids_out[row_start + at: row_start + at + n] = ids
+                dest[row_start + at: row_start + at + n] = ids
                 lengths[at: at + n] = real
                 bar.update(n * window)
 
@@ -150,11 +150,11 @@ def tokenize_split(tokenizer_dir, shards_root, split: str, out_dir, cfg: dict, *
                     except ValueError as exc:
                         raise InputError(shards[s], str(exc), record=f"rows {i}..{i + n - 1}") from None
                     if in_flight is not None:
-                        finish(in_flight)
+                        finish(in_flight, ids_out)
                     in_flight = (handle, row, n, shards[s], i)
                     row += n
             if in_flight is not None:
-                finish(in_flight)
+                finish(in_flight, ids_out)
         ids_out.flush()
         del ids_out
         elapsed = time.perf_counter() - t0
