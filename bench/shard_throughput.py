@@ -144,6 +144,26 @@ def main(argv=None) -> int:
                          "windows": sum(s["windows"] for s in manifest["splits"].values()),
                          "shards": len(manifest["shards"])})
 
+        # gzip read and shard back to back, N times: both halves of each pair see about the same
+        # load, so the per-pair ratios are steadier than best-of-N wall times taken minutes apart
+        pairs = []
+        work = Path(tmp) / "paired"
+        scfg = copy.deepcopy(SHARDS_CFG)
+        for _ in range(args.repeats):
+            t0, c0 = time.perf_counter(), time.process_time()
+            gzip_read(args.input)
+            t1, c1 = time.perf_counter(), time.process_time()
+            shutil.rmtree(work, ignore_errors=True)
+            t2, c2 = time.perf_counter(), time.process_time()
+            shard(args.input, work, scfg)
+            t3, c3 = time.perf_counter(), time.process_time()
+            LOADS.append(os.getloadavg()[0])
+            pairs.append({"wall": (t1 - t0) / (t3 - t2), "cpu": (c1 - c0) / (c3 - c2)})
+
+    def spread(key):
+        values = sorted(p[key] for p in pairs)
+        return {"median": values[len(values) // 2], "min": values[0], "max": values[-1]}
+
     gzip_rate = bases / t_gzip
     result = {
         "input": str(args.input), "input_bytes": args.input.stat().st_size, "decompressed_bytes": decompressed,
@@ -159,6 +179,7 @@ def main(argv=None) -> int:
         "target_ratio": 0.5,
         "cpu_seconds": dict(CPU_TIMES),
         "cpu_ratio_shard_fast_vs_gzip_read": CPU_TIMES["gzip_read"] / CPU_TIMES["shard_fast"],
+        "paired_ratio_shard_fast_vs_gzip_read": {"wall": spread("wall"), "cpu": spread("cpu"), "pairs": len(pairs)},
         "load_average_1min": {"min": min(LOADS), "max": max(LOADS), "cpus": os.cpu_count()},
         "processes": "one process, one thread",
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
@@ -181,6 +202,10 @@ def main(argv=None) -> int:
     fast = result["shard"][0]
     print("shard steps (fast reader, best of each), wall: " + ", ".join(f"{k} {v:.2f}s" for k, v in fast["steps_s"].items())
           + "; CPU: " + ", ".join(f"{k} {v:.2f}s" for k, v in fast["steps_cpu_s"].items()))
+    paired = result["paired_ratio_shard_fast_vs_gzip_read"]
+    print(f"{len(pairs)} back-to-back pairs, shard/gzip rate ratio: wall median {paired['wall']['median']:.2f} "
+          f"({paired['wall']['min']:.2f}-{paired['wall']['max']:.2f}), CPU median {paired['cpu']['median']:.2f} "
+          f"({paired['cpu']['min']:.2f}-{paired['cpu']['max']:.2f})")
     print(f"load average (1 min) while measuring: {min(LOADS):.1f}-{max(LOADS):.1f} on {os.cpu_count()} CPUs")
     print(f"wrote {args.out}")
     return 0
