@@ -295,6 +295,49 @@ def bench_train_step(c: dict, batch: int, length: int, device: str, reps: int, m
     return row
 
 
+@torch.inference_mode()
+def stage_times(model: VQVAE, batch: int, length: int, device: str, reps: int) -> dict:
+    """Seconds per call of each pass of the fast path on one block's shapes (where the time goes),
+    next to the alternatives it replaced; nanoseconds per nucleotide in the printout."""
+    from vqdna.tokenizers import fast_encode as fe
+
+    fast = fe.FastEncoder.from_model(model, fe.FastEncodeSettings(compile=device == "cuda"))
+    blk, level, fns = fast.blocks[0], fast.levels[-1], fast.fns
+    n = batch * length
+    g = torch.Generator(device=device).manual_seed(0)
+    codes = torch.randint(0, 4, (batch, length), device=device, dtype=torch.uint8, generator=g)
+    dim = blk.dw_b.numel()
+    s = torch.randn(n, dim, device=device, generator=g).to(fast.compute_dtype)
+    y = fns["dwconv_ln"](s.view(batch, length, -1), fast.proj_b, blk.dw_w, blk.dw_b, blk.ln_w, blk.ln_b, blk.eps)
+    y = y.reshape(n, -1)
+    h = fe._fc1_gelu(y, blk.w1t, blk.b1, True)
+    x = fns["tap"](s, fast.proj_b, level.ln_w, level.ln_b, level.eps, None, None, fast.settings.distance)
+    scores = fe._mm_f32(x, level.right)
+    stream = s.clone()  # fc2 accumulates into it on every call (timing only)
+    stages = {
+        "stem (gather+LN+GELU)": lambda: fns["stem"](codes, fast.stem_table, fast.stem_bias, *fast.stem_ln,
+                                                     fast.compute_dtype),
+        "dwconv+LN": lambda: fns["dwconv_ln"](s.view(batch, length, -1), fast.proj_b, blk.dw_w, blk.dw_b,
+                                              blk.ln_w, blk.ln_b, blk.eps),
+        "fc1+GELU epilogue": lambda: fe._fc1_gelu(y, blk.w1t, blk.b1, True),
+        "fc1 (addmm) + erf GELU pass": lambda: fe._fc1_gelu(y, blk.w1t, blk.b1, False),
+        "fc1 plain mm": lambda: torch.mm(y, blk.w1t),
+        "fc2 addmm_ into stream": lambda: stream.addmm_(h, blk.w2t),
+        "fc2 plain mm": lambda: torch.mm(h, blk.w2t),
+        "tap LN (+split)": lambda: fns["tap"](s, fast.proj_b, level.ln_w, level.ln_b, level.eps, None, None,
+                                             fast.settings.distance),
+        "distance GEMM": lambda: fe._mm_f32(x, level.right),
+        "argmin": lambda: fns["argmin"](scores, level.half_sq),
+        "whole encode": lambda: fast(codes),
+    }
+    out = {}
+    for name, fn in stages.items():
+        sec = timed(fn, reps, device)
+        out[name] = sec
+        print(f"    {name:30s} {sec * 1e3:8.3f} ms  {sec / n * 1e9:6.2f} ns/nt", flush=True)
+    return {"batch": batch, "length": length, "seconds": out, "distance": fast.settings.distance}
+
+
 # ---------------------------------------------------------------------------------------- real run
 def bench_run(c: dict, args, step_seconds: float | None, work: Path) -> dict:
     from vqdna.tokenizers.trainer import TrainSettings, train_vq_tokenizer
@@ -407,10 +450,10 @@ def main() -> int:
     peak = next((v for k, v in PEAK_BF16.items() if k in gpu), None) if device == "cuda" else None
     if device == "cuda":
         torch.backends.cudnn.benchmark = True
-    import torch._dynamo
-
-    # every (variant, shape) is its own static graph: room for all of them
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+    # every (variant, shape) is its own static graph: room for all of them ("import torch._dynamo"
+    # here would make `torch` a local name of main() and break the lines above on CUDA)
+    dynamo_config = __import__("torch._dynamo", fromlist=["config"]).config
+    dynamo_config.cache_size_limit = max(dynamo_config.cache_size_limit, 64)
     flops = {k: forward_flops_per_nt(c) for k, c in configs.items()}
     params = {k: VQVAE(VQModelConfig(**c)).num_parameters() for k, c in configs.items()}
     result = {"bench": "tokenizer", "device": gpu, "torch": torch.__version__, "cuda": torch.version.cuda,
@@ -478,6 +521,9 @@ def main() -> int:
                 trained = VQTokenizer.from_pretrained(Path(work) / "tok", device=device).model
             except Exception as exc:  # noqa: BLE001
                 record_error("run", exc)
+        # the training loop switches deterministic algorithms on for the process: off again for timing
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.benchmark = device == "cuda"
         result["phases_done"].append("run")
         save()
 
@@ -511,6 +557,14 @@ def main() -> int:
                 ConvNeXtBlock1d.depthwise_impl = "auto"
             result["phases_done"].append(f"encode:{kind}:{variant}")
             save()
+
+    # 4b. where the fast path's time goes (one block's passes, timed alone)
+    if "vq" in models and fits("stage_times", 10):
+        try:
+            result["stage_times"] = stage_times(models["vq"], batches[-1], args.encode_len, device, args.reps)
+        except Exception as exc:  # noqa: BLE001
+            record_error("stage_times", exc)
+        save()
 
     # 5. the other training variants, as time allows
     for name in train_variants[1:]:
