@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from vqdna.cli import main
@@ -67,6 +68,27 @@ def test_aggregate_cli_writes_every_table(fixture_run):
     assert manifest["tables"]["table5_emp"]["missing"] == 9
     md = (tmp_path / "results/tables/table1_tokenizers.md").read_text()
     assert "75.00" in md and "missing" in md and "covid †" in md
+
+
+def test_table9_reads_variant_runs_and_their_pretrain_metrics(fixture_run):
+    """pretrain.variants in the config: a ratio's own run, and the main ratio read from its base."""
+    tmp_path, cfg_file = fixture_run
+    res = tmp_path / "results"
+    write_summary(res / "finetune", "hrq_mask_15", "emp_H3", {"0": 0.75})
+    for run, ratio in (("hrq_mask_15", 0.15), ("hrq", 0.25)):
+        (res / "pretrain" / run).mkdir(parents=True)
+        (res / "pretrain" / run / "pretrain_metrics.json").write_text(json.dumps({"mask_ratio": ratio}))
+    cfg = load_config([cfg_file], ["pretrain.variants={hrq_mask_15: {tokenizer: hrq, mask_ratio: 0.15},"
+                                   " hrq_mask_25: {tokenizer: hrq, mask_ratio: 0.25}}"])
+    cfg_file.write_text(json.dumps(cfg))
+    assert main(["aggregate", "--config", str(cfg_file), "--skip-figures"]) == 0
+    rows = pd.read_csv(tmp_path / "results/tables/table9_mask_ratio.csv")
+    hrq = rows[(rows["method"] == "VQDNA-HRQ") & (rows["dataset"] == "emp_H3")].set_index("setting")
+    assert hrq.loc["mask_15", "run"] == "hrq_mask_15" and hrq.loc["mask_15", "mask_ratio"] == 0.15
+    assert hrq.loc["mask_15", "ours_mean"] == pytest.approx(75.0)
+    assert hrq.loc["mask_25", "run"] == "hrq" and hrq.loc["mask_25", "ours_mean"] == pytest.approx(80.0)
+    assert hrq.loc["mask_25", "mask_ratio"] == 0.25
+    assert hrq.loc["mask_20", "status"] == "missing" and pd.isna(hrq.loc["mask_20", "ours_mean"])
 
 
 def test_aggregate_cli_rejects_unknown_dataset(fixture_run, capsys):

@@ -176,6 +176,26 @@ def test_ablation_tables_missing_when_not_run_and_filled_when_run(tmp_path, pape
     assert mask["ours_mean"] == pytest.approx(78.0) and mask["paper"] == pytest.approx(77.9)
 
 
+def test_table9_alias_rows_read_the_base_run_and_show_each_runs_mask_ratio(tmp_path, paper):
+    write_summary(tmp_path, "vq", "emp_H3", {"0": 0.786, "1": 0.786, "2": 0.786})
+    write_summary(tmp_path, "hrq_mask_30", "covid", {"0": 0.74}, metric="f1_macro")
+    data = make_data(paper, collect_summaries(tmp_path, ["vq", "hrq_mask_30"]),
+                     variant_runs={"vq_mask_25": "vq", "hrq_mask_30": "hrq_mask_30"},
+                     pretrain_metrics={"vq": {"mask_ratio": 0.25}, "hrq_mask_30": {"mask_ratio": 0.3}})
+    table = {t.name: t for t in build_all(data)}["table9_mask_ratio"]
+    (main,) = records_by(table, setting="mask_25", method="VQDNA", dataset="emp_H3")
+    assert main["tokenizer"] == "vq_mask_25" and main["run"] == "vq" and main["mask_ratio"] == 0.25
+    assert main["ours_mean"] == pytest.approx(78.6) and main["diff"] == pytest.approx(0.0)
+    (hrq30,) = records_by(table, setting="mask_30", method="VQDNA-HRQ", dataset="covid")
+    assert hrq30["mask_ratio"] == 0.3 and hrq30["status"] == "partial (1/3 seeds)"
+    (no_run,) = records_by(table, setting="mask_15", method="VQDNA", dataset="covid")
+    assert no_run["status"] == "missing" and no_run["mask_ratio"] is None and no_run["ours_mean"] is None
+    cells = {tuple(r[:3]): r for r in table.rows}
+    assert cells[("mask_25", "VQDNA", "emp_H3")][4:6] == ["vq_mask_25 = vq", "25%"]
+    assert cells[("mask_30", "VQDNA-HRQ", "covid")][4:6] == ["hrq_mask_30", "30%"]
+    assert cells[("mask_15", "VQDNA", "covid")][4:7] == ["vq_mask_15", "—", "missing"]
+
+
 # ---- output formats -----------------------------------------------------------------------
 
 def _all_tables(tmp_path, paper):

@@ -113,6 +113,15 @@ def _validator():
 
 def validate_config(cfg: dict, *, source: str = "config") -> dict:
     """Validate and fill defaults. Raises ConfigError naming the offending key path."""
+    from .variants import check_variants
+
+    cfg = _validate_schema(cfg, source=source)
+    # pretrain.variants override pretrain keys: their merged settings must pass the schema too
+    check_variants(cfg, _validate_schema, source=source)
+    return cfg
+
+
+def _validate_schema(cfg: dict, *, source: str = "config") -> dict:
     cfg = copy.deepcopy(cfg)
     validator, jsonschema = _validator()
     errors = sorted(validator.iter_errors(cfg), key=lambda e: list(e.absolute_path))

@@ -1,6 +1,7 @@
 # Rules of the finetune stage (thin: inputs, outputs, resources, one CLI call).
 # prepare_dataset: one job per dataset (download/copy, checksum, validate -> parquet splits).
-# finetune: one job per tokenizer x dataset x grid point x seed, each in its own directory.
+# finetune: one job per tokenizer x dataset x grid point x seed, each in its own directory; a
+#   pretraining variant (pretrain.variants) runs as {tok} with its base tokenizer and its own backbone.
 # summarize_finetune: one job per tokenizer x dataset -> results/finetune/{tok}/{dataset}/summary.json,
 # the single-dataset target (`snakemake results/finetune/hrq/emp_H3/summary.json` re-runs just it).
 
@@ -10,6 +11,7 @@ from pathlib import Path
 from vqdna.datasets.registry import load_registry
 from vqdna.datasets.species_genomes import species_genomes
 from vqdna.finetune.grid import grid_points
+from vqdna.variants import pretrain_variants, variant_finetune_pairs
 
 FT = config["finetune"]
 FT_DATASETS = load_registry(config)
@@ -19,11 +21,14 @@ FT_PREP = config["datasets"]["prepared_dir"]
 FT_OUT = FT["out_dir"]
 FT_TOK_DIR = FT["tokenizer_dir"]
 FT_BACKBONE_DIR = FT["backbone_dir"]
-# (tokenizer, dataset) pairs: every dataset for finetune.tokenizers, Table 1 datasets for the rest
-FT_PAIRS = [(t, d) for t in FT["tokenizers"] for d in FT_DATASETS] + [
+# pretraining variants (pretrain.variants, Table 9) -> the tokenizer they were trained on
+FT_VARIANT_TOKENIZER = {n: v.tokenizer for n, v in pretrain_variants(config).items()}
+# (tokenizer, dataset) pairs: every dataset for finetune.tokenizers, Table 1 datasets for the rest,
+# finetune.variant_datasets for the variants
+FT_PAIRS = list(dict.fromkeys([(t, d) for t in FT["tokenizers"] for d in FT_DATASETS] + [
     (t, d) for t in FT["table1_tokenizers"] if t not in FT["tokenizers"]
     for d in FT["table1_datasets"] if d in FT_DATASETS
-]
+] + variant_finetune_pairs(config, FT_DATASETS)))
 
 
 def _alternatives(names):
@@ -66,12 +71,16 @@ rule prepare_dataset:
 rule finetune:
     input:
         data=f"{FT_PREP}/{{dataset}}/meta.json",
-        tokenizer=f"{FT_TOK_DIR}/{{tok}}/config.json",
+        tokenizer=lambda wc: f"{FT_TOK_DIR}/{FT_VARIANT_TOKENIZER.get(wc.tok, wc.tok)}/config.json",
         backbone=f"{FT_BACKBONE_DIR}/{{tok}}/config.json",
     output:
         f"{FT_OUT}/{{tok}}/{{dataset}}/runs/{{point}}/seed{{seed}}/metrics.json",
     log:
         "logs/finetune/{tok}/{dataset}/{point}/seed{seed}.log",
+    wildcard_constraints:
+        tok=_alternatives(TOKENIZER_NAMES + list(FT_VARIANT_TOKENIZER)),
+    params:
+        tokenizer_dir=lambda wc: f"{FT_TOK_DIR}/{FT_VARIANT_TOKENIZER.get(wc.tok, wc.tok)}",
     resources:
         **stage_resources("finetune"),
     conda:
@@ -79,7 +88,7 @@ rule finetune:
     shell:
         launcher("finetune") + " --tokenizer {wildcards.tok} --dataset {wildcards.dataset}"
         f" --point {{wildcards.point}} --seed {{wildcards.seed}} --data {FT_PREP}/{{wildcards.dataset}}"
-        f" --tokenizer-dir {FT_TOK_DIR}/{{wildcards.tok}} --backbone-dir {FT_BACKBONE_DIR}/{{wildcards.tok}}"
+        f" --tokenizer-dir {{params.tokenizer_dir}} --backbone-dir {FT_BACKBONE_DIR}/{{wildcards.tok}}"
         " --out {output} > {log} 2>&1"
 
 
@@ -93,6 +102,8 @@ rule summarize_finetune:
         f"{FT_OUT}/{{tok}}/{{dataset}}/summary.json",
     log:
         "logs/finetune/{tok}/{dataset}/summarize.log",
+    wildcard_constraints:
+        tok=_alternatives(TOKENIZER_NAMES + list(FT_VARIANT_TOKENIZER)),
     resources:
         **stage_resources("summarize"),
     conda:

@@ -3,9 +3,18 @@
 #              (+ {split}.lengths.bin for variable-rate tokenizers; layout in vqdna.tokens)
 #   pretrain   one job per tokenizer         -> results/pretrain/{tok}/ (save_pretrained dir, written
 #              at once); resumable checkpoints in results/pretrain/{tok}.ckpt/
+#   pretrain_variant  one job per pretrain.variants entry -> results/pretrain/{variant}/: the base
+#              tokenizer's token files, the variant's pretrain settings (`vqdna pretrain --variant`);
+#              a variant with its base's settings is an alias and has no job (vqdna.variants)
 # Which tokenizers: config pretrain.tokenizers (null = every name in tokenizers.train).
 
+import re
+
+from vqdna.variants import trained_variants
+
 PRETRAIN_TOKENIZERS = list(config["pretrain"].get("tokenizers") or config["tokenizers"]["train"])
+# variant name -> base tokenizer, for the variants that need their own pretraining
+PRETRAIN_VARIANTS = {n: v.tokenizer for n, v in trained_variants(config).items()}
 PRETRAIN_SPLITS = [s for s in (config["pretrain"]["train_split"], config["pretrain"].get("eval_split")) if s]
 
 
@@ -45,3 +54,29 @@ rule pretrain:
 
 
 ALL_TARGETS.extend(expand("results/pretrain/{tok}/config.json", tok=PRETRAIN_TOKENIZERS))
+
+
+rule pretrain_variant:
+    input:
+        tokens=lambda wc: expand("results/tokens/{tok}/{split}.meta.json", tok=PRETRAIN_VARIANTS[wc.variant],
+                                 split=PRETRAIN_SPLITS),
+        tokenizer=lambda wc: f"results/tokenizers/{PRETRAIN_VARIANTS[wc.variant]}/config.json",
+    output:
+        "results/pretrain/{variant}/config.json",
+    log:
+        "logs/pretrain/{variant}.log",
+    wildcard_constraints:
+        variant="|".join(re.escape(v) for v in PRETRAIN_VARIANTS) or "NONE",
+    params:
+        base=lambda wc: PRETRAIN_VARIANTS[wc.variant],
+    resources:
+        **stage_resources("pretrain"),
+    conda:
+        "../envs/vqdna.yaml"
+    shell:
+        launcher("pretrain") + " --variant {wildcards.variant} --tokens results/tokens/{params.base}"
+        " --tokenizer results/tokenizers/{params.base} --out results/pretrain/{wildcards.variant}"
+        " --name {wildcards.variant} > {log} 2>&1"
+
+
+ALL_TARGETS.extend(expand("results/pretrain/{variant}/config.json", variant=PRETRAIN_VARIANTS))

@@ -72,6 +72,7 @@ class PretrainSettings:
     def from_config(cls, cfg: dict) -> "PretrainSettings":
         section = dict(cfg.get("pretrain", {}))
         section.pop("tokenizers", None)  # which tokenizers to pretrain: the workflow's business
+        section.pop("variants", None)  # which variants exist: applied by vqdna.variants.variant_config
         known = set(cls.__dataclass_fields__)
         unknown = sorted(set(section) - known)
         if unknown:
@@ -92,9 +93,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--out", required=True, help="output directory (results/pretrain/{tok})")
     parser.add_argument("--name", default=None, help="run name (default: the output folder name)")
     parser.add_argument("--checkpoint-dir", default=None, help="default: <out>.ckpt")
+    parser.add_argument("--variant", default=None,
+                        help="train pretrain.variants.NAME: its overrides of the pretrain section apply")
 
 
 def run(args, cfg) -> int:
+    if args.variant:
+        from ..variants import variant_config
+
+        cfg = variant_config(cfg, args.variant)
     pretrain(args.tokens, args.tokenizer, args.out, cfg, name=args.name, checkpoint_dir=args.checkpoint_dir)
     return 0
 
@@ -238,6 +245,7 @@ def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None 
         final.update(run_eval())
         final.update({"steps": settings.steps, "resumed_from_step": start_step, "uniform_loss": float(np.mean(uniform)),
                       "tokens_seen": settings.steps * settings.batch_size * (batcher.crop + 1),
+                      "mask_ratio": settings.mask_ratio,  # the report's Table 9 shows what each backbone used
                       "tokenizer_sha256": train_file.meta.tokenizer_sha256})
         for l, u in enumerate(uniform):
             final[f"uniform_loss_level{l}"] = u

@@ -30,14 +30,15 @@ def report_tokenizers(cfg: dict) -> list[str]:
     return list(rcfg["tokenizers"] if rcfg.get("tokenizers") else cfg["tokenizers"]["train"])
 
 
-def ablation_variants(cfg: dict) -> list[str]:
-    """Tokenizer names of the ablation runs (Tables 7-9), whether or not they were run."""
+def ablation_variants(cfg: dict, tables=(7, 8, 9)) -> list[str]:
+    """Names of the ablation runs, whether or not they were run: tokenizer variants (Tables 7/8),
+    pretraining variants (Table 9, `pretrain.variants`)."""
     from .paper import load_paper_results
 
     acfg = cfg["report"]["ablations"]
     paper = load_paper_results(cfg["report"]["paper_results"])
     names = []
-    for table in (7, 8, 9):
+    for table in tables:
         for row in paper.rows_of(table):
             base = acfg["base_tokenizers"].get(row.method)
             if base:
@@ -51,19 +52,28 @@ def upstream_dirs(cfg: dict) -> dict[str, Path]:
     return {
         "finetune": Path(ft.get("out_dir", "results/finetune")),
         "tokenizers": Path(ft.get("tokenizer_dir", "results/tokenizers")),
+        "pretrain": Path(ft.get("backbone_dir", "results/pretrain")),
         "datasets": Path((cfg.get("datasets") or {}).get("prepared_dir", "results/datasets")),
     }
 
 
 def load_report_data(cfg: dict, probe_dir: str | Path = "results/probe"):
-    from .inputs import collect_summaries, read_probe, read_tokenizer_metrics
+    from ..variants import run_name
+    from .inputs import collect_summaries, read_json, read_probe, read_tokenizer_metrics
     from .paper import load_paper_results
     from .tables import ReportData
 
     rcfg = cfg["report"]
     dirs = upstream_dirs(cfg)
     tokenizers = report_tokenizers(cfg)
-    everyone = sorted(set(tokenizers) | set(ablation_variants(cfg)))
+    # Table 9: an alias variant (same settings as its base) reads its base's runs
+    variant_runs = {v: run_name(cfg, v) for v in ablation_variants(cfg, tables=(9,))}
+    everyone = sorted(set(tokenizers) | set(ablation_variants(cfg)) | set(variant_runs.values()))
+    pretrain_metrics = {}
+    for run in sorted(set(variant_runs.values())):
+        path = dirs["pretrain"] / run / "pretrain_metrics.json"
+        if path.exists():
+            pretrain_metrics[run] = read_json(path)
     summaries = collect_summaries(dirs["finetune"], everyone)
     probes = {}
     for tok in everyone:
@@ -80,7 +90,7 @@ def load_report_data(cfg: dict, probe_dir: str | Path = "results/probe"):
         paper_methods=dict(rcfg["paper_methods"]), summaries=summaries, probes=probes,
         tokenizer_metrics=tok_metrics, decimals=rcfg["decimals"], expected_seeds=rcfg["expected_seeds"],
         table1_dataset=rcfg["table1_dataset"], extra_datasets=dict(rcfg["extra_datasets"]),
-        ablations=dict(rcfg["ablations"]),
+        ablations=dict(rcfg["ablations"]), variant_runs=variant_runs, pretrain_metrics=pretrain_metrics,
         dataset_tokenizers=_planned_on_all_datasets(cfg, tokenizers),
     )
 

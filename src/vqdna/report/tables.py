@@ -40,6 +40,11 @@ class ReportData:
     # tokenizers planned on every dataset (finetune.tokenizers); Tables 3-6 list their missing runs.
     # None = all of `tokenizers`. Other tokenizers appear there only with the datasets they ran.
     dataset_tokenizers: list[str] | None = None
+    # Table 9: variant name -> the run whose results it reads (itself, or its base when the
+    # variant changes no pretrain setting: vqdna.variants.run_name); absent = itself
+    variant_runs: dict[str, str] = field(default_factory=dict)
+    # backbone run -> its pretrain_metrics.json (Table 9 shows the mask ratio each one used)
+    pretrain_metrics: dict[str, dict] = field(default_factory=dict)
 
     def tokenizers_for(self, dataset: str) -> list[str]:
         planned = self.tokenizers if self.dataset_tokenizers is None else self.dataset_tokenizers
@@ -275,20 +280,29 @@ def tokenizer_ablation_table(data: ReportData, table_no: int) -> Table:
 
 def mask_ablation_table(data: ReportData) -> Table:
     """Table 9: fine-tune results after pretraining with each mask ratio."""
-    header = ["Setting", "Model", "Dataset", "Metric", "Run", "Ours (mean ± std)", "Paper", "Δ", "Status"]
+    header = ["Setting", "Model", "Dataset", "Metric", "Run", "Mask ratio (run)", "Ours (mean ± std)", "Paper", "Δ",
+              "Status"]
     rows, records = [], []
     for prow in data.paper.rows_of(9):
         setting, _, ds = prow.dataset.partition(":")
         base = _bases(data).get(prow.method)
         variant = _variant(data, base, setting) if base else None
-        run = data.summaries.get((variant, ds))
+        run_name = data.variant_runs.get(variant, variant) if variant else None
+        run = data.summaries.get((run_name, ds))
+        mask_ratio = lookup(data.pretrain_metrics.get(run_name), "mask_ratio")
         mean, std, n = _run_stats(run, data.scale)
         record, cells = compare(ours_mean=mean, ours_std=std, n_seeds=n, paper=prow.value,
                                 paper_method=prow.method, expected=data.expected_seeds, decimals=data.decimals)
         records.append({"table": 9, "setting": setting, "method": prow.method, "dataset": ds,
-                        "metric": prow.metric, "tokenizer": variant, **record})
-        rows.append([setting, prow.method, ds, prow.metric, variant or NO_VALUE, *cells])
-    notes = ["Run with `--configfile config/ablations.yaml` (pretraining per mask ratio, then fine-tuning)."]
+                        "metric": prow.metric, "tokenizer": variant, "run": run_name, "mask_ratio": mask_ratio,
+                        **record})
+        shown = NO_VALUE if variant is None else variant if run_name == variant else f"{variant} = {run_name}"
+        ratio_cell = NO_VALUE if mask_ratio is None else f"{100 * mask_ratio:g}%"
+        rows.append([setting, prow.method, ds, prow.metric, shown, ratio_cell, *cells])
+    notes = ["Run with `--configfile config/ablations.yaml`: one stage-2 pretraining per mask ratio "
+             "(pretrain.variants) on the base tokenizer's tokens, then fine-tuning on these datasets. "
+             "'a = b': the variant has its base's settings (the main 25%), so its row reads the base's runs. "
+             "Mask ratio (run) is read from the backbone's pretrain_metrics.json."]
     return Table("table9_mask_ratio", TABLES["table9_mask_ratio"], header, rows, records, notes)
 
 
