@@ -83,21 +83,28 @@ def latex_escape(text: str) -> str:
     return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in str(text))
 
 
+LATEX_PACKAGES = ("booktabs", "graphicx")  # \toprule/\midrule/\bottomrule; \resizebox
+
+
 def to_latex(table: Table) -> str:
     spec = "l" * len(table.header)
     out = [
+        "% vqdna table; needs \\usepackage{" + ",".join(LATEX_PACKAGES) + "}",
         r"\begin{table}[t]",
         r"\centering",
         r"\caption{" + latex_escape(table.title) + "}",
         r"\label{tab:" + table.name.replace("_", "-") + "}",
-        r"\begin{tabular}{" + spec + "}",
+        r"\small\setlength{\tabcolsep}{4pt}",
+        # typeset once, shrink to the line width only when wider (a 10-column table is, in any layout)
+        r"\sbox0{\begin{tabular}{" + spec + "}",
         r"\toprule",
         " & ".join(latex_escape(h) for h in table.header) + r" \\",
         r"\midrule",
     ]
     out += [" & ".join(latex_escape(c) for c in row) + r" \\" for row in table.rows]
     out.append(r"\bottomrule")
-    out.append(r"\end{tabular}")
+    out.append(r"\end{tabular}}")
+    out.append(r"\ifdim\wd0>\linewidth\resizebox{\linewidth}{!}{\usebox0}\else\usebox0\fi")
     if table.notes:
         out.append(r"\par\smallskip\footnotesize " + r" \\ ".join(latex_escape(n) for n in table.notes))
     out.append(r"\end{table}")
