@@ -172,3 +172,21 @@ def test_crlf_and_iupac_error_policy_fall_back_to_the_general_path(tmp_path, sca
     assert len(scan_calls) == 1  # only the plain file was scanned
     with pytest.raises(InputError, match=r"record 'rec\d+'.*IUPAC"):
         prepared_files(plain, tmp_path / "c", "fast", WindowParams(window=16, stride=12, iupac_policy="error"))
+
+
+def test_record_ids_match_the_record_readers_naming():
+    """Header first words as readers._record_id cuts them, for any mix of ASCII/str-only whitespace."""
+    rng = random.Random(5)
+    for _ in range(500):
+        heads = [b">" + bytes(rng.choice(b"ab \t\x0b\x0c\r\x1c\x1f\x85\xff>x") for _ in range(rng.randint(1, 8))) + b"\n"
+                 for _ in range(rng.randint(1, 6))]
+        data = b"".join(heads)
+        ends = np.cumsum([len(h) for h in heads]) - 1
+        starts = ends - np.array([len(h) - 1 for h in heads])
+        try:
+            expected = [h[1:-1].split(None, 1)[0].decode("ascii", errors="replace") for h in heads]
+        except IndexError:
+            with pytest.raises(fasta_scan.NotPlain):
+                fasta_scan._record_ids(memoryview(data), starts, ends)
+            continue
+        assert fasta_scan._record_ids(memoryview(data), starts, ends) == expected
