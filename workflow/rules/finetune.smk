@@ -11,7 +11,7 @@ from pathlib import Path
 from vqdna.datasets.registry import load_registry
 from vqdna.datasets.species_genomes import species_genomes
 from vqdna.finetune.grid import grid_points
-from vqdna.variants import pretrain_variants, variant_finetune_pairs
+from vqdna.variants import trained_variants, variant_finetune_pairs
 
 FT = config["finetune"]
 FT_DATASETS = load_registry(config)
@@ -21,8 +21,9 @@ FT_PREP = config["datasets"]["prepared_dir"]
 FT_OUT = FT["out_dir"]
 FT_TOK_DIR = FT["tokenizer_dir"]
 FT_BACKBONE_DIR = FT["backbone_dir"]
-# pretraining variants (pretrain.variants, Table 9) -> the tokenizer they were trained on
-FT_VARIANT_TOKENIZER = {n: v.tokenizer for n, v in pretrain_variants(config).items()}
+# pretraining variants (pretrain.variants, Table 9) -> the tokenizer they were trained on; an alias
+# variant (its base's settings) is fine-tuned as its base, so it needs no entry
+FT_VARIANT_TOKENIZER = {n: v.tokenizer for n, v in trained_variants(config).items()}
 # (tokenizer, dataset) pairs: every dataset for finetune.tokenizers, Table 1 datasets for the rest,
 # finetune.variant_datasets for the variants
 FT_PAIRS = list(dict.fromkeys([(t, d) for t in FT["tokenizers"] for d in FT_DATASETS] + [
