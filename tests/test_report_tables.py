@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import io
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
@@ -222,37 +221,13 @@ def test_markdown_parses_as_table_with_constant_column_count(tmp_path, paper):
         assert {len(r) for r in rows} == {len(table.header)}, table.name
 
 
-def _latex_check(text: str, ncols: int) -> None:
-    # environments are balanced and properly nested
-    stack = []
-    for kind, env in re.findall(r"\\(begin|end)\{(\w+)\}", text):
-        if kind == "begin":
-            stack.append(env)
-        else:
-            assert stack and stack.pop() == env, env
-    assert not stack
-    body = text.split(r"\midrule", 1)[1].split(r"\bottomrule", 1)[0]
-    header = text.split(r"\toprule", 1)[1].split(r"\midrule", 1)[0]
-    spec = re.search(r"\\begin\{tabular\}\{(\w+)\}", text).group(1)
-    assert len(spec) == ncols
-    for line in filter(None, (header + body).splitlines()):
-        assert line.endswith(r"\\")
-        # every & is a column separator: escaped ones are \&
-        assert len(re.findall(r"(?<!\\)&", line)) == ncols - 1, line
-    # braces balance once escaped braces are removed
-    plain = text.replace(r"\{", "").replace(r"\}", "")
-    assert plain.count("{") == plain.count("}")
-    # no unescaped LaTeX specials left in cells
-    for line in body.strip().splitlines():
-        assert not re.search(r"(?<!\\)[%#_]", line), line
-
-
 def test_latex_is_balanced_with_constant_column_count(tmp_path, paper):
+    # the checker (environments, column counts, escaping, braces, ASCII only) and the pdflatex
+    # compile of every table live in test_report_latex.py
+    from test_report_latex import latex_structure_errors
+
     for table in _all_tables(tmp_path, paper):
-        text = to_latex(table)
-        _latex_check(text, len(table.header))
-        # plain ASCII: compiles without inputenc/unicode set-up
-        assert all(ord(ch) < 128 for ch in text), {ch for ch in text if ord(ch) >= 128}
+        assert latex_structure_errors(to_latex(table), len(table.header)) == [], table.name
 
 
 def test_stand_in_is_marked(tmp_path, paper):
