@@ -25,7 +25,7 @@ def latex_structure_errors(text: str, ncols: int) -> list[str]:
     """What is wrong with one generated table, without TeX: environments, column counts, escaping."""
     errors = []
     stack = []
-    for kind, env in re.findall(r"\\(begin|end)\{(\w+)\}", text):
+    for kind, env in re.findall(r"\\(begin|end)\{([\w*]+)\}", text):
         if kind == "begin":
             stack.append(env)
         elif not stack or stack.pop() != env:
@@ -109,7 +109,7 @@ def test_structure_check_fails_on_broken_layout(tables):
     table = tables[0]
     good = to_latex(table)
     n = len(table.header)
-    assert any("not closed" in e for e in latex_structure_errors(good.replace(r"\end{table}", ""), n))
+    assert any("not closed" in e for e in latex_structure_errors(good.replace(r"\end{table*}", ""), n))
     assert any("column spec" in e for e in latex_structure_errors(good, n + 1))
     row_end = good.index(r" \\", good.index(r"\midrule"))
     assert any("does not end" in e for e in latex_structure_errors(good[:row_end] + good[row_end + 3:], n))
@@ -142,3 +142,12 @@ def test_wide_table_shrinks_only_when_wider_than_the_line():
     text = to_latex(narrow)
     assert r"\ifdim\wd0>\linewidth\resizebox{\linewidth}{!}{\usebox0}\else\usebox0\fi" in text
     assert "\\usepackage{booktabs,graphicx}" in text.splitlines()[0]
+
+
+def test_caption_leaves_numbering_to_the_document_and_code_spans_are_typewriter():
+    table = Table("t", "Table 9. Ablation of the stage-2 mask ratio", ["a"], [["1"]], [{}],
+                  notes=["Run with `--configfile config/ablations.yaml` on emp_H3.", "A lone ` stays text."])
+    text = to_latex(table)
+    assert r"\caption{Ablation of the stage-2 mask ratio (paper Table 9)}" in text
+    assert r"Run with \texttt{--configfile config/ablations.yaml} on emp\_H3." in text
+    assert "A lone ` stays text." in text

@@ -5,6 +5,7 @@ so that escaping is exact and the output does not depend on optional packages.""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,13 +87,28 @@ def latex_escape(text: str) -> str:
 LATEX_PACKAGES = ("booktabs", "graphicx")  # \toprule/\midrule/\bottomrule; \resizebox
 
 
+def _latex_caption(title: str) -> str:
+    """"Table 9. Ablation of X" -> "Ablation of X (paper Table 9)": the document numbers its own tables."""
+    m = re.match(r"(Table \d+)\. (.*)", title)
+    return latex_escape(f"{m.group(2)} (paper {m.group(1)})" if m else title)
+
+
+def _latex_text(text: str) -> str:
+    """Escaped prose; Markdown `code` spans become \\texttt (no -- ligature, no curly quotes)."""
+    parts = str(text).split("`")
+    if len(parts) % 2 == 0:  # an unpaired backtick: plain text
+        return latex_escape(text)
+    return "".join(r"\texttt{" + latex_escape(p) + "}" if i % 2 else latex_escape(p) for i, p in enumerate(parts))
+
+
 def to_latex(table: Table) -> str:
     spec = "l" * len(table.header)
     out = [
         "% vqdna table; needs \\usepackage{" + ",".join(LATEX_PACKAGES) + "}",
-        r"\begin{table}[t]",
+        # table*: full text width in a two-column paper (the same as table in one column)
+        r"\begin{table*}[t]",
         r"\centering",
-        r"\caption{" + latex_escape(table.title) + "}",
+        r"\caption{" + _latex_caption(table.title) + "}",
         r"\label{tab:" + table.name.replace("_", "-") + "}",
         r"\small\setlength{\tabcolsep}{4pt}",
         # typeset once, shrink to the line width only when wider (a 10-column table is, in any layout)
@@ -106,8 +122,8 @@ def to_latex(table: Table) -> str:
     out.append(r"\end{tabular}}")
     out.append(r"\ifdim\wd0>\linewidth\resizebox{\linewidth}{!}{\usebox0}\else\usebox0\fi")
     if table.notes:
-        out.append(r"\par\smallskip\footnotesize " + r" \\ ".join(latex_escape(n) for n in table.notes))
-    out.append(r"\end{table}")
+        out.append(r"\par\smallskip\raggedright\footnotesize " + r" \\ ".join(_latex_text(n) for n in table.notes))
+    out.append(r"\end{table*}")
     return "\n".join(out) + "\n"
 
 
