@@ -68,6 +68,7 @@ ENCODE_VARIANTS = {
     "fast_bf16dist": {"fast": dict(distance="bf16", gelu_epilogue=True)},
     "fast_erf": {"fast": dict(distance="bf16x3", gelu_epilogue=False)},
     "fast_eager": {"fast": dict(distance="bf16x3", gelu_epilogue=True, compile=False)},
+    "fast_fp32stream": {"fast": dict(distance="bf16x3", gelu_epilogue=True, residual="fp32")},
 }
 TRAIN_VARIANTS = {  # name -> (kind, torch.compile mode or None for eager)
     "vq_compiled": ("vq", "default"),
@@ -86,7 +87,7 @@ def parse_args():
     p.add_argument("--encode-batches", default="1024,2048", help="windows per encode call (length --encode-len)")
     p.add_argument("--encode-len", type=int, default=512)
     p.add_argument("--encode-kinds", default="vq,hrq")
-    p.add_argument("--encode-variants", default="fast,fast_bf16dist,fast_eager,fast_erf,compiled",
+    p.add_argument("--encode-variants", default="fast,fast_fp32stream,fast_bf16dist,fast_erf,compiled",
                    help=f"comma-separated, of {list(ENCODE_VARIANTS)}")
     p.add_argument("--train-batch", type=int, default=1024)
     p.add_argument("--train-len", type=int, default=256)
@@ -308,7 +309,8 @@ def stage_times(model: VQVAE, batch: int, length: int, device: str, reps: int) -
     codes = torch.randint(0, 4, (batch, length), device=device, dtype=torch.uint8, generator=g)
     dim = blk.dw_b.numel()
     s = torch.randn(n, dim, device=device, generator=g).to(fast.compute_dtype)
-    y = fns["dwconv_ln"](s.view(batch, length, -1), fast.proj_b, blk.dw_w, blk.dw_b, blk.ln_w, blk.ln_b, blk.eps)
+    y = fns["dwconv_ln"](s.view(batch, length, -1), fast.proj_b, blk.dw_w, blk.dw_b, blk.ln_w, blk.ln_b, blk.eps,
+                         fast.compute_dtype)
     y = y.reshape(n, -1)
     h = fe._fc1_gelu(y, blk.w1t, blk.b1, True)
     x = fns["tap"](s, fast.proj_b, level.ln_w, level.ln_b, level.eps, None, None, fast.settings.distance)
@@ -318,7 +320,7 @@ def stage_times(model: VQVAE, batch: int, length: int, device: str, reps: int) -
         "stem (gather+LN+GELU)": lambda: fns["stem"](codes, fast.stem_table, fast.stem_bias, *fast.stem_ln,
                                                      fast.compute_dtype),
         "dwconv+LN": lambda: fns["dwconv_ln"](s.view(batch, length, -1), fast.proj_b, blk.dw_w, blk.dw_b,
-                                              blk.ln_w, blk.ln_b, blk.eps),
+                                              blk.ln_w, blk.ln_b, blk.eps, fast.compute_dtype),
         "fc1+GELU epilogue": lambda: fe._fc1_gelu(y, blk.w1t, blk.b1, True),
         "fc1 (addmm) + erf GELU pass": lambda: fe._fc1_gelu(y, blk.w1t, blk.b1, False),
         "fc1 plain mm": lambda: torch.mm(y, blk.w1t),
@@ -430,7 +432,7 @@ def make_data(out: Path, window: int = 512) -> None:
 
 # ---------------------------------------------------------------------------------------- main
 # rough seconds on an H100/H200 (compilation included), to skip what would not fit
-ENCODE_COST_S = {"fast": 25, "fast_bf16dist": 8, "fast_erf": 8, "fast_eager": 6, "eager": 8,
+ENCODE_COST_S = {"fast": 25, "fast_bf16dist": 8, "fast_erf": 8, "fast_eager": 6, "eager": 8, "fast_fp32stream": 10,
                  "compiled": 45, "compiled_bf16": 45}
 TRAIN_COST_S = {"vq_compiled": 55, "vq_autotune": 200, "vq_eager": 12, "hrq_compiled": 55}
 

@@ -70,12 +70,26 @@ def test_split_bf16_distances_are_fp32_accurate():
 
 
 @pytest.mark.parametrize("kind", ["vq", "hrq"])
-def test_bf16_fast_path_stays_close(kind):
+@pytest.mark.parametrize("residual", ["bf16", "fp32"])
+def test_bf16_fast_path_stays_close(kind, residual):
     m = model(kind)
     x = real_windows(8, 200)
     ref = m.encode(x)
-    out = FastEncoder.from_model(m, FastEncodeSettings(compile=False), compute_dtype=torch.bfloat16)(x)
+    out = FastEncoder.from_model(m, FastEncodeSettings(compile=False, residual=residual),
+                                 compute_dtype=torch.bfloat16)(x)
     assert (out.long() == ref).float().mean() >= 0.98
+
+
+def test_fp32_stream_is_closer_than_bf16_stream():
+    m = model("vq")
+    x = real_windows(32, 200, offset=20000)
+    ref = m.encode(x)
+    share = {r: float((FastEncoder.from_model(m, FastEncodeSettings(compile=False, residual=r),
+                                             compute_dtype=torch.bfloat16)(x).long() == ref).float().mean())
+             for r in ("bf16", "fp32")}
+    assert share["fp32"] >= share["bf16"]
+    with pytest.raises(ValueError, match="residual"):
+        FastEncodeSettings(residual="fp16")
 
 
 def test_tokenizer_fast_switch(tmp_path):

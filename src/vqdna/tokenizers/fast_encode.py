@@ -9,7 +9,8 @@ what the tests compare against the model):
   1. depth-wise conv (k=7) + LayerNorm in one pass (torch.compile fuses the shifted sum and the norm),
   2. fc1 with bias and GELU in the GEMM epilogue (cuBLASLt; that epilogue is the tanh GELU,
      `gelu_epilogue: false` keeps the exact erf GELU as a separate pass),
-  3. fc2 accumulated in place into the stream (`addmm_`, beta = 1: the residual add is free);
+  3. fc2 accumulated in place into the stream (`addmm_`, beta = 1: the residual add is free; with
+     `residual: fp32` the stream stays fp32 as under autocast, through an fp32-output GEMM);
      the layer scale is folded into fc2's weight and fc2's bias is not added to `s` at all:
      the stream is stored as `s = x − C` with C the running sum of those biases (a [D]
      vector), which the next block's conv+norm pass (or a tap's norm) adds on load;
@@ -42,15 +43,18 @@ class FastEncodeSettings:
     distance: str = "bf16x3"
     gelu_epilogue: bool = True
     compile: bool = True          # torch.compile the fused passes (CUDA only)
+    residual: str = "bf16"        # dtype of the residual stream between blocks: bf16 | fp32
 
     def __post_init__(self):
         if self.distance not in DISTANCES:
             raise ValueError(f"distance must be one of {DISTANCES}, not {self.distance!r}")
+        if self.residual not in ("bf16", "fp32"):
+            raise ValueError(f"residual must be bf16 or fp32, not {self.residual!r}")
 
     @classmethod
     def from_dict(cls, d: dict | None) -> "FastEncodeSettings":
         d = dict(d or {})
-        unknown = set(d) - {"distance", "gelu_epilogue", "compile"}
+        unknown = set(d) - {"distance", "gelu_epilogue", "compile", "residual"}
         if unknown:
             raise ValueError(f"unknown fast-encode settings {sorted(unknown)}")
         return cls(**d)
@@ -72,15 +76,15 @@ def _stem(codes, table, bias, ln_w, ln_b, eps: float, out_dtype: torch.dtype):
     return y.to(out_dtype)
 
 
-def _dwconv_ln(s, shift, w, b, ln_w, ln_b, eps: float):
-    """s [B, L, D] (stream without the deferred bias `shift`) -> LN(dwconv(s + shift)), dtype of s."""
+def _dwconv_ln(s, shift, w, b, ln_w, ln_b, eps: float, out_dtype: torch.dtype):
+    """s [B, L, D] (stream without the deferred bias `shift`) -> LN(dwconv(s + shift)) in out_dtype."""
     length = s.shape[1]
     k = w.shape[0]
     x = F.pad(s.float() + shift, (0, 0, k // 2, k // 2))  # zeros outside = the conv's padding
     y = b
     for j in range(k):
         y = y + x[:, j:j + length, :] * w[j]
-    return F.layer_norm(y, (y.shape[-1],), ln_w, ln_b, eps).to(s.dtype)
+    return F.layer_norm(y, (y.shape[-1],), ln_w, ln_b, eps).to(out_dtype)
 
 
 def _tap(s, shift, ln_w, ln_b, eps: float, prev_ids, prev_embed, mode: str):
@@ -118,6 +122,22 @@ def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
             PATHS["distance_gemm"] = "upcast"
             PATHS["distance_gemm_error"] = f"{type(exc).__name__}: {exc}"[:300]
     return a.float() @ b.float()  # bf16 values are exact in fp32: the same function
+
+
+def _accumulate(s: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> None:
+    """s += h @ w in place; an fp32 stream takes bf16 operands through an fp32-output GEMM (beta = 1)."""
+    if s.dtype == h.dtype:
+        s.addmm_(h, w)
+        return
+    if s.is_cuda and PATHS.get("residual_gemm") != "mm_then_add":
+        try:
+            torch.addmm(s, h, w, out_dtype=torch.float32, out=s)
+            PATHS["residual_gemm"] = "addmm_out_dtype_inplace"
+            return
+        except (TypeError, RuntimeError, NotImplementedError) as exc:
+            PATHS["residual_gemm"] = "mm_then_add"
+            PATHS["residual_gemm_error"] = f"{type(exc).__name__}: {exc}"[:300]
+    s.add_(_mm_f32(h, w))
 
 
 def _fc1_gelu(y, w1t, b1, epilogue: bool):
@@ -231,15 +251,19 @@ class FastEncoder:
         batch, length = codes.shape
         n = batch * length
         y = fns["stem"](codes, self.stem_table, self.stem_bias, *self.stem_ln, cd).reshape(n, -1)
-        s = torch.mm(y, self.proj_wt) if self.proj_wt is not None else y.contiguous()
+        fp32_stream = self.settings.residual == "fp32"
+        if self.proj_wt is None:
+            s = y.float() if fp32_stream else y.contiguous()
+        else:
+            s = _mm_f32(y, self.proj_wt) if fp32_stream else torch.mm(y, self.proj_wt)
         shift = self.proj_b
         out, level_iter = [], iter(self.levels)
         level = next(level_iter)
         prev_ids = prev_embed = None
         for i, blk in enumerate(self.blocks, start=1):
-            y = fns["dwconv_ln"](s.view(batch, length, -1), shift, blk.dw_w, blk.dw_b, blk.ln_w, blk.ln_b, blk.eps)
+            y = fns["dwconv_ln"](s.view(batch, length, -1), shift, blk.dw_w, blk.dw_b, blk.ln_w, blk.ln_b, blk.eps, cd)
             h = _fc1_gelu(y.reshape(n, -1), blk.w1t, blk.b1, self.settings.gelu_epilogue)
-            s.addmm_(h, blk.w2t)
+            _accumulate(s, h, blk.w2t)
             shift = shift + blk.b2
             while level is not None and level.block == i:
                 x = fns["tap"](s, shift, level.ln_w, level.ln_b, level.eps, prev_ids, prev_embed,
