@@ -637,6 +637,38 @@ def table_rows(results: dict) -> list[dict]:
     return rows
 
 
+def same_point_rows(results: dict, point: str, seeds: list) -> list[dict]:
+    """Test metrics of every task x tokenizer at one fixed grid point (no selection), where all
+    seeds of that point finished: a like-for-like view that also covers a partial run."""
+    rows = []
+    for task in TASKS:
+        for tok in TOKENIZERS:
+            t = results.get(tok, {}).get("finetune", {}).get("tasks", {}).get(task, {})
+            runs = [r for r in t.get("runs", []) if r["point"] == point]
+            if sorted(r["seed"] for r in runs) != sorted(int(x) for x in seeds):
+                continue
+            rows.append({"task": task, "tokenizer": tok, "best_point": f"{point} (fixed)", "n_seeds": len(runs),
+                         **{f"{m}_mean": float(np.mean([r["test"][m] for r in runs])) for m in ("mcc", "f1_macro", "accuracy")},
+                         **{f"{m}_std": float(np.std([r["test"][m] for r in runs])) for m in ("mcc", "f1_macro", "accuracy")}})
+    return rows
+
+
+def report(args) -> int:
+    """Tables of a result JSON: dev-selected, every fixed grid point, and the budgets."""
+    res = json.loads(Path(args.json).read_text())
+    print("dev-selected (complete grids only):")
+    print(format_table(res["table"]))
+    grid, seeds = res["config"]["finetune"]["grid"], res["config"]["finetune"]["seeds"]
+    from vqdna.finetune.grid import grid_points
+
+    for p in grid_points(grid):
+        print(f"\nfixed point {p['point']}:")
+        print(format_table(same_point_rows(res["results"], p["point"], seeds)))
+    print()
+    print(budget_lines(res))
+    return 0
+
+
 def format_table(rows: list[dict]) -> str:
     lines = ["| task | tokenizer | test MCC | test F1 (macro) | test accuracy | grid point (dev) | seeds |",
              "|---|---|---|---|---|---|---|"]
@@ -693,7 +725,12 @@ def _schedule(args, data, out, work, device, gpus, jobs, meta, inline, env_base)
     done: set = set()
     failed: list = []
     running: dict = {}  # worker -> (job, Popen, t0)
-    workers = [("gpu", g) for g in gpus] + [("cpu", "cpu")]
+    # (kind, gpu, slot): slot 1 of a GPU takes fine-tune jobs only. Those are bound by Python
+    # overhead (a small model, LoRA, batch 32), so two share a GPU well; stages 1 and 2 always
+    # run alone on theirs, so their wall times stay clean. (The first H200 run had one slot per
+    # GPU: the third tokenizer's fine-tunes started last and hit the deadline.)
+    slots = range(args.finetune_slots) if device == "cuda" else range(1)
+    workers = [("gpu", g, k) for k in slots for g in gpus] + [("cpu", "cpu", 0)]
     timings: list = []
     threads = str(max(1, (os.cpu_count() or 2) // (len(gpus) + 1)))
 
@@ -716,7 +753,12 @@ def _schedule(args, data, out, work, device, gpus, jobs, meta, inline, env_base)
                 kind = None  # one CPU worker does every job, in order
                 if w[0] == "gpu":
                     continue
-            job = next((j for j in pending if (kind is None or j["kind"] == kind) and ready(j)), None)
+            if w[2] > 0:  # a second slot only beside a running fine-tune
+                first = running.get((w[0], w[1], 0))
+                if first is None or first[0]["stage"] != "finetune":
+                    continue
+            job = next((j for j in pending if (kind is None or j["kind"] == kind) and ready(j)
+                        and (w[2] == 0 or j["stage"] == "finetune")), None)
             if job is None:
                 continue
             pending.remove(job)
@@ -744,7 +786,7 @@ def _schedule(args, data, out, work, device, gpus, jobs, meta, inline, env_base)
                     continue
             del running[w]
             key = (job["stage"], job["tok"])
-            timings.append({"stage": job["stage"], "tokenizer": job["tok"], "worker": f"{w[0]}{w[1]}",
+            timings.append({"stage": job["stage"], "tokenizer": job["tok"], "worker": f"{w[0]}{w[1]}.{w[2]}",
                             "start_s": t0 - t_start, "seconds": time.time() - t0, "rc": rc})
             if rc == 0:
                 done.add(key)
@@ -825,8 +867,11 @@ def main(argv=None) -> int:
     b.add_argument("--work", default=None)
     b.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
     b.add_argument("--max-gpus", type=int, default=2)
+    b.add_argument("--finetune-slots", type=int, default=2, help="fine-tune jobs sharing one GPU at a time")
     b.add_argument("--deadline-s", type=float, default=480.0)
     b.add_argument("--subprocess", action="store_true", help="on CPU too, one process per job (as on the GPUs)")
+    r = sub.add_parser("report", help="print the tables of a result JSON")
+    r.add_argument("json")
     c = sub.add_parser("job", help="one stage of one tokenizer (run starts these)")
     c.add_argument("--stage", required=True)
     c.add_argument("--tok", required=True, choices=TOKENIZERS)
@@ -837,6 +882,8 @@ def main(argv=None) -> int:
         return prepare(args)
     if args.cmd == "run":
         return run(args)
+    if args.cmd == "report":
+        return report(args)
     import torch
 
     if os.environ.get("OMP_NUM_THREADS"):
