@@ -38,12 +38,6 @@ def pretrain_variants(cfg: dict) -> dict[str, Variant]:
             for name, d in defs.items()}
 
 
-def base_tokenizer(cfg: dict, name: str) -> str:
-    """The tokenizer behind a backbone name: a variant's base, any other name itself."""
-    variant = pretrain_variants(cfg).get(name)
-    return variant.tokenizer if variant else name
-
-
 def variant_config(cfg: dict, name: str) -> dict:
     """`cfg` with the variant's overrides applied to its `pretrain` section."""
     from .config import deep_merge
@@ -100,7 +94,7 @@ def check_variants(cfg: dict, validate_section, *, source: str = "config") -> No
         where = f"{source}: pretrain.variants.{name}"
         if name in tokenizers:
             raise ConfigError(f"{where}: the name is taken by a tokenizer (tokenizers.defs/train); "
-                              "a variant needs its own results/pretrain/{name}/ directory")
+                              f"a variant needs its own results/pretrain/{name}/ directory")
         if variant.tokenizer not in trained:
             raise ConfigError(f"{where}.tokenizer: {variant.tokenizer!r} is not a trained tokenizer; "
                               f"its token files come from tokenizers.train: {trained}")
