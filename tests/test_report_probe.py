@@ -133,3 +133,23 @@ def test_figure5_on_tiny_hrq_writes_labelled_figure(tiny_hrq, tmp_path):
     assert "level 1 (8 codes)" in text and "level 2 (16 codes)" in text
     assert any(n in text for n in names)
     assert re.search(r"class \(Grad-CAM\)", text)
+
+
+def test_figure5_keeps_both_legends_inside_the_image(tmp_path):
+    """The class legend sits outside the axes next to the level legend: a long class name must widen
+    the saved image, not be cut at the edge (the demo's 'A. thaliana chloroplast' once was)."""
+    from PIL import Image
+
+    from vqdna.report.codebook_map import CodeLabels, plot_codebook_map
+
+    rng = np.random.default_rng(0)
+    xy = [rng.normal(size=(10, 2)), rng.normal(size=(10, 2))]
+    lab = np.arange(10) % 2
+    labels = CodeLabels(labels=[lab, np.where(np.arange(10) == 9, -1, lab)],
+                        relevance=[np.zeros((10, 2)), np.zeros((10, 2))], classes=np.arange(2), train_accuracy=1.0)
+    widths = {}
+    for name in ("ab", "A. thaliana chloroplast genome, long label"):
+        paths = plot_codebook_map(xy, labels, ["cd", name], tmp_path / f"fig_{len(name)}", title="t",
+                                  show_unused=True)
+        widths[name] = Image.open(paths[0]).size[0]
+    assert widths["A. thaliana chloroplast genome, long label"] > widths["ab"] + 100

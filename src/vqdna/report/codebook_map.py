@@ -134,13 +134,13 @@ def plot_codebook_map(xy: list[np.ndarray], code_labels: CodeLabels, class_names
     leg1 = ax.legend(handles=class_handles, title="class (Grad-CAM)", loc="upper left",
                      bbox_to_anchor=(1.01, 1.0), fontsize=8, title_fontsize=9, frameon=False)
     ax.add_artist(leg1)
-    ax.legend(handles=level_handles, title="codebook", loc="lower left", bbox_to_anchor=(1.01, 0.0),
-              fontsize=8, title_fontsize=9, frameon=False)
+    leg2 = ax.legend(handles=level_handles, title="codebook", loc="lower left", bbox_to_anchor=(1.01, 0.0),
+                     fontsize=8, title_fontsize=9, frameon=False)
     ax.set_xlabel("UMAP 1")
     ax.set_ylabel("UMAP 2")
     ax.set_title(title, fontsize=11)
     fig.tight_layout()
-    paths = save_figure(fig, out_base)
+    paths = save_figure(fig, out_base, extra_artists=[leg1, leg2])
     plt.close(fig)
     return paths
 

@@ -22,13 +22,16 @@ def _plt():
     return plt
 
 
-def save_figure(fig, out_base, formats: Sequence[str] = ("png", "svg"), dpi: int = 150) -> list[Path]:
-    """Write `out_base.png` and `out_base.svg` atomically."""
+def save_figure(fig, out_base, formats: Sequence[str] = ("png", "svg"), dpi: int = 150,
+                extra_artists: Sequence = ()) -> list[Path]:
+    """Write `out_base.png` and `out_base.svg` atomically. `extra_artists`: artists outside the axes
+    that the tight bounding box would otherwise cut (a second legend added with `ax.add_artist`)."""
     paths = []
     for ext in formats:
         path = Path(f"{out_base}.{ext}")
         with atomic_path(path) as tmp:
-            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight")
+            fig.savefig(tmp, format=ext, dpi=dpi, bbox_inches="tight",
+                        bbox_extra_artists=list(extra_artists) or None)
         paths.append(path)
     return paths
 
