@@ -165,6 +165,10 @@ def fetch_curves(cfg, panels: Sequence[dict], max_runs: int) -> list[dict]:
     return out
 
 
+LINESTYLES = ["-", "--", ":", "-."]
+MARKERS = ["o", "s", "^", "D", "v"]
+
+
 def curves_figure(panels: list[dict], out_base) -> list[Path]:
     plt = _plt()
     fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.2), squeeze=False)
@@ -176,9 +180,11 @@ def curves_figure(panels: list[dict], out_base) -> list[Path]:
             ax.text(0.5, 0.5, "no logged history\nin MLflow for this stage", ha="center", va="center",
                     transform=ax.transAxes, fontsize=9, color="grey")
             continue
-        for label, points in panel["series"].items():
+        for i, (label, points) in enumerate(panel["series"].items()):
             steps, values = zip(*points)
-            ax.plot(steps, values, label=label, linewidth=1.2)
+            # dashes and markers keep curves that coincide (e.g. every level at 100% usage) visible
+            ax.plot(steps, values, label=label, linewidth=1.2, linestyle=LINESTYLES[i % len(LINESTYLES)],
+                    marker=MARKERS[i % len(MARKERS)], markersize=3, markevery=max(1, len(steps) // 8))
         if panel.get("log_y") and all(v > 0 for pts in panel["series"].values() for _, v in pts):
             from matplotlib.ticker import FuncFormatter
 
