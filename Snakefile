@@ -9,3 +9,12 @@ include: "workflow/rules/tokenizer.smk"
 include: "workflow/rules/pretrain.smk"
 include: "workflow/rules/finetune.smk"
 include: "workflow/rules/report.smk"
+
+
+# The default target (`snakemake -c2` = `snakemake -c2 all`): every final output the rule files
+# appended to ALL_TARGETS. It lives here, not in a rule file, because Snakemake resets the default
+# target after each `include:`.
+rule all:
+    input:
+        ALL_TARGETS,
+    default_target: True

@@ -32,25 +32,10 @@ FT_PAIRS = list(dict.fromkeys([(t, d) for t in FT["tokenizers"] for d in FT_DATA
 ] + variant_finetune_pairs(config, FT_DATASETS)))
 
 
-def _alternatives(names):
-    return "|".join(re.escape(n) for n in names) or "NONE"
-
-
 wildcard_constraints:
     dataset=_alternatives(FT_DATASETS),
     point=_alternatives(FT_POINTS),
     seed=r"\d+",
-
-
-def dataset_source_files(wildcards):
-    """Local files a dataset is built from, so editing them re-runs its jobs (URLs: fetched in the job)."""
-    spec = FT_DATASETS[wildcards.dataset]
-    if spec.format == "species":
-        return [f for g in species_genomes(config) for f in g["files"]]
-    src = Path(spec.source)
-    if spec.source.startswith(("http://", "https://", "file://")) or not src.is_dir():
-        return []
-    return sorted(str(p) for p in src.rglob("*") if p.is_file())
 
 
 rule prepare_dataset:

@@ -24,10 +24,6 @@ ABLATION_TOKENIZERS = (
 report: "../report/workflow.rst"
 
 
-def _alternatives(names):
-    return "|".join(re.escape(n) for n in names) or "NONE"
-
-
 rule probe:
     input:
         tokenizer=f"{FT_TOK_DIR}/{{tok}}/config.json",
@@ -47,13 +43,6 @@ rule probe:
         vqdna("probe") + " --tok {wildcards.tok} --dataset {wildcards.dataset}"
         f" --tokenizer-dir {FT_TOK_DIR}/{{wildcards.tok}} --pretrain-dir {FT_BACKBONE_DIR}/{{wildcards.tok}}"
         f" --dataset-dir {FT_PREP}/{{wildcards.dataset}} --out {{output}} > {{log}} 2>&1"
-
-
-def _ablation_backbone(wildcards):
-    """Tables 7/8 probe the tokenizer variants on their codebooks unless configured otherwise."""
-    if REPORT["ablations"]["probe_features"] == "backbone":
-        return [f"{FT_BACKBONE_DIR}/{wildcards.tok}/config.json"]
-    return []
 
 
 rule probe_ablation:
@@ -78,34 +67,6 @@ rule probe_ablation:
         f" --features {REPORT['ablations']['probe_features']} {{params.backbone}}"
         f" --tokenizer-dir {FT_TOK_DIR}/{{wildcards.tok}} --dataset-dir {FT_PREP}/{{wildcards.dataset}}"
         " --out {output} > {log} 2>&1"
-
-
-def finetune_summaries(wildcards):
-    """Every fine-tune summary the workflow builds (the finetune rules add them to ALL_TARGETS)."""
-    pattern = re.escape(FT_OUT) + r"/[^/]+/[^/]+/summary\.json"
-    return sorted(t for t in ALL_TARGETS if re.fullmatch(pattern, t))
-
-
-def figure5_inputs(wildcards):
-    fig5 = REPORT["figure5"]
-    if fig5["tokenizer"] not in TOKENIZER_NAMES:
-        return []  # the figure says why it is empty
-    # the prepared dataset's meta.json (vqdna.datasets.store) stands for its directory
-    return [f"{FT_TOK_DIR}/{fig5['tokenizer']}/config.json", f"{FT_PREP}/{fig5['dataset']}/meta.json"]
-
-
-def _table_outputs():
-    out = {}
-    for name in TABLES:
-        caption = f"../report/{name}.rst"
-        out[f"{name}_csv"] = report(f"results/tables/{name}.csv", caption=caption, category="Tables")
-        out[f"{name}_md"] = f"results/tables/{name}.md"
-        out[f"{name}_tex"] = f"results/tables/{name}.tex"
-    for name in FIGURES:
-        caption = f"../report/{name}.rst"
-        out[f"{name}_png"] = report(f"results/figures/{name}.png", caption=caption, category="Figures")
-        out[f"{name}_svg"] = f"results/figures/{name}.svg"
-    return out
 
 
 rule aggregate:
@@ -147,8 +108,8 @@ rule report_html:
     conda:
         "../envs/vqdna.yaml"
     shell:
-        "snakemake --snakefile {params.snakefile} --nolock --configfile " + RESOLVED_CONFIG
-        + " --report {output} -- results/tables/manifest.json > {log} 2>&1"
+        f"snakemake --snakefile {{params.snakefile}} --nolock --configfile {RESOLVED_CONFIG}"
+        " --report {output} -- results/tables/manifest.json > {log} 2>&1"
 
 
 ALL_TARGETS.append("results/tables/manifest.json")
