@@ -41,9 +41,15 @@ def _check_gpus(jobs):
             assert not gpu or gpu.group(1) == "0", (rule, res)
 
 
-def test_paper_stage_1_and_2_on_eight_gpus(tmp_path):
+@pytest.fixture(scope="module")
+def paper_all(tmp_path_factory):
+    """One dry run of the whole paper DAG (about a minute) shared by the tests below."""
+    return _dry_run(tmp_path_factory.mktemp("paper_dag"), ["all"])
+
+
+def test_paper_stage_1_and_2_on_eight_gpus(paper_all):
     """Stage 1 and 2 of the paper config: 8 GPUs each, started by torchrun with 8 processes."""
-    out = _dry_run(tmp_path, ["results/pretrain/hrq/config.json"])
+    out = paper_all
     jobs = _job_resources(out)
     rules = {rule for rule, _ in jobs}
     assert {"download_genome", "train_tokenizer", "tokenize", "pretrain"} <= rules, sorted(rules)
@@ -52,10 +58,10 @@ def test_paper_stage_1_and_2_on_eight_gpus(tmp_path):
     assert "torchrun --standalone --nproc-per-node=8 -m vqdna pretrain" in out
 
 
-def test_paper_dag_dry_run_through_slurm_profile(tmp_path):
+def test_paper_dag_dry_run_through_slurm_profile(paper_all):
     """The issue's done-when: `snakemake --profile profiles/slurm -n all --configfile
     config/paper.yaml` lists the whole paper DAG with its GPUs."""
-    out = _dry_run(tmp_path, ["all"])
+    out = paper_all
     jobs = _job_resources(out)
     rules = {rule for rule, _ in jobs}
     for rule in ("train_tokenizer", "pretrain", "prepare_dataset", "finetune"):
