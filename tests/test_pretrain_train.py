@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from test_tokens_data import tiny_vq_tokenizer, write_shards
+from test_tokens_data import tiny_token_dir
 from vqdna.models import VQDNAForMaskedLM, VQDNAModel, collate
 from vqdna.models.pretrain import MLMBatcher, PretrainSettings, evaluate, pretrain
 from vqdna.tokens import TokenFile
-from vqdna.tokens.tokenize import tokenize_split
 
 WINDOW = 128
 MAX_LEN = 32  # training sequences: [CLS] + 31 tokens; windows hold 128 (4x)
@@ -32,13 +31,8 @@ BASE_CFG = {
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory):
-    root = tmp_path_factory.mktemp("pretrain")
-    write_shards(root / "shards", "train", window=WINDOW, rows_per_shard=64, n_shards=3)
-    write_shards(root / "shards", "valid", window=WINDOW, rows_per_shard=32, n_shards=1, offset=WINDOW * 200)
-    tiny_vq_tokenizer("hrq").save_pretrained(root / "tok")
-    for split in ("train", "valid"):
-        tokenize_split(root / "tok", root / "shards", split, root / "tokens", BASE_CFG, name="hrq")
-    return root
+    return tiny_token_dir(tmp_path_factory.mktemp("pretrain"), WINDOW, train_rows=64, train_shards=3,
+                          valid_rows=32, valid_offset=200, cfg=BASE_CFG)
 
 
 def cfg_with(**pretrain_overrides):

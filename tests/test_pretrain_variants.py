@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_tokens_data import tiny_vq_tokenizer, write_shards
+from test_tokens_data import tiny_token_dir
 from vqdna.cli import main
 from vqdna.config import load_config
 from vqdna.errors import ConfigError
@@ -81,16 +81,9 @@ WINDOW, MAX_LEN = 128, 32
 
 @pytest.fixture(scope="module")
 def tokens(tmp_path_factory):
-    from vqdna.tokens.tokenize import tokenize_split
-
-    root = tmp_path_factory.mktemp("variant")
-    write_shards(root / "shards", "train", window=WINDOW, rows_per_shard=32, n_shards=1)
-    write_shards(root / "shards", "valid", window=WINDOW, rows_per_shard=16, n_shards=1, offset=WINDOW * 100)
-    tiny_vq_tokenizer("hrq").save_pretrained(root / "tok")
-    cfg = {"device": "cpu", "seed": 0, "tokens": {"batch_nt": 1 << 14}}
-    for split in ("train", "valid"):
-        tokenize_split(root / "tok", root / "shards", split, root / "tokens", cfg, name="hrq")
-    return root
+    return tiny_token_dir(tmp_path_factory.mktemp("variant"), WINDOW, train_rows=32, train_shards=1,
+                          valid_rows=16, valid_offset=100,
+                          cfg={"device": "cpu", "seed": 0, "tokens": {"batch_nt": 1 << 14}})
 
 
 def test_cli_variant_pretrains_with_its_mask_ratio(tokens, tmp_path, monkeypatch):

@@ -53,6 +53,21 @@ def write_shards(root: Path, split: str, window: int, rows_per_shard: int, n_sha
     return out
 
 
+def tiny_token_dir(root: Path, window: int, train_rows: int, train_shards: int, valid_rows: int,
+                   valid_offset: int, cfg: dict) -> Path:
+    """Real-DNA shards (train + valid) tokenized by a tiny HRQ tokenizer: `root/tokens` holds the
+    token files, `root/tok` the tokenizer. `valid_offset` is in windows (valid never overlaps train)."""
+    from vqdna.tokens.tokenize import tokenize_split
+
+    write_shards(root / "shards", "train", window=window, rows_per_shard=train_rows, n_shards=train_shards)
+    write_shards(root / "shards", "valid", window=window, rows_per_shard=valid_rows, n_shards=1,
+                 offset=window * valid_offset)
+    tiny_vq_tokenizer("hrq").save_pretrained(root / "tok")
+    for split in ("train", "valid"):
+        tokenize_split(root / "tok", root / "shards", split, root / "tokens", cfg, name="hrq")
+    return root
+
+
 def tiny_vq_tokenizer(kind: str = "hrq", seed: int = 0):
     """A small untrained VQ/HRQ tokenizer (the real class; random codebooks)."""
     import torch

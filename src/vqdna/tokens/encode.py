@@ -23,12 +23,8 @@ def tokens_per_window(tokenizer, window: int) -> int:
     return int(n) if n is not None else int(window)
 
 
-def first_invalid(ascii_rows: np.ndarray) -> int | None:
-    """Row index of the first window holding a non-ACGT byte (shards must hold only A/C/G/T)."""
-    return first_invalid_codes(to_codes(ascii_rows.reshape(-1)).reshape(ascii_rows.shape))
-
-
 def first_invalid_codes(codes: np.ndarray) -> int | None:
+    """Row index of the first window holding a non-ACGT code (shards must hold only A/C/G/T)."""
     bad = (codes == INVALID).any(axis=1)
     return int(bad.argmax()) if bad.any() else None
 
