@@ -17,6 +17,14 @@ vqdna variants (`VARIANTS` below):
                        gradient bf16)
   vqdna_fp8_eager      the same without torch.compile (amax and casts as separate kernels)
   *_flash              SDPA restricted to the flash-attention backend (default: PyTorch's choice)
+  vqdna_bf16_fused     vqdna_bf16 + residual add, dropout and LayerNorm as one Triton op with the
+                       dropout mask regenerated in backward (vqdna.models.fused_norm;
+                       pretrain.fused_dropout_norm)
+  *_rngfn              torch._functorch functionalize_rng_ops: dropout masks recomputed in
+                       backward from the saved RNG state instead of stored
+  *_cdt                Inductor coordinate_descent_tuning (block sizes of its Triton kernels tuned)
+  *_mat                torch.compile mode max-autotune-no-cudagraphs (Triton GEMM templates that
+                       can take bias/GELU epilogues, chosen against cuBLAS by timing)
 
 Every run of one batch size trains from the same initial weights on the same batches (real
 token files with `--tokens`, else random ids), learning rate warmed up linearly then constant,
@@ -66,6 +74,15 @@ VARIANTS = {
 for _name in list(VARIANTS):
     if _name != "stock" and "seed" not in _name:
         VARIANTS[_name + "_flash"] = dict(VARIANTS[_name], sdpa="flash")
+VARIANTS["vqdna_bf16_fused"] = dict(VARIANTS["vqdna_bf16"], fused=True)
+VARIANTS["vqdna_bf16_fused_seed1"] = dict(VARIANTS["vqdna_bf16_fused"], dropout_seed=1)
+for _name in ("vqdna_bf16", "vqdna_bf16_fused"):
+    VARIANTS[_name + "_rngfn"] = dict(VARIANTS[_name], functionalize_rng=True)
+    VARIANTS[_name + "_cdt"] = dict(VARIANTS[_name], inductor={"coordinate_descent_tuning": True})
+    VARIANTS[_name + "_mat"] = dict(VARIANTS[_name], compile_mode="max-autotune-no-cudagraphs")
+# keys that change what torch.compile produces: a run whose keys differ from the previous run's
+# resets dynamo's caches (compiled code is cached per function, and config is not guarded)
+COMPILE_KEYS = ("compile", "fp8", "fp8_recipe", "fused", "functionalize_rng", "inductor", "compile_mode", "bf16")
 
 DEFAULT_RUNS = ("stock@256:30,vqdna_bf16@256:200,vqdna_fp8@256:200,vqdna_fp8_rowwise@256:200,"
                 "vqdna_bf16_seed1@256:200,stock@512:20")
@@ -85,7 +102,11 @@ def parse_args():
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (reached after --lr-warmup steps)")
     p.add_argument("--lr-warmup", type=int, default=30)
     p.add_argument("--curve-window", type=int, default=50, help="steps averaged at the end of a loss curve")
-    p.add_argument("--profile", default=None, help="VARIANT@BATCH: print the top CUDA kernels of that run")
+    p.add_argument("--profile", default="", help="VARIANT@BATCH[,...]: print the top CUDA kernels of those runs")
+    p.add_argument("--profile-dir", default=None, help="write each profile's kernel table and family summary here")
+    p.add_argument("--kernel-check", action="store_true",
+                   help="fused add+dropout+LayerNorm op against the plain composition (errors, mask statistics, time)")
+    p.add_argument("--budget-s", type=float, default=0, help="skip the remaining runs once this many seconds have passed")
     p.add_argument("--no-correctness", action="store_true", help="skip the one-step fp32 comparison")
     p.add_argument("--out", default=None, help="JSON file to write (rewritten after every run)")
     return p.parse_args()
@@ -104,13 +125,14 @@ def model_flops_per_token(arch: dict, seq: int, vocab: int, mask_ratio: float) -
     return 6 * matmul_params + 12 * L * seq * H + 6 * head * mask_ratio
 
 
-def make_config(arch, vocab, code_dim=384) -> VQDNAConfig:
+def make_config(arch, vocab, code_dim=384, fused=False) -> VQDNAConfig:
     return VQDNAConfig(levels=1, vocab_sizes=[vocab], embedding="codebook", code_dim=code_dim,
-                       hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0, **arch)
+                       hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0,
+                       fused_dropout_norm=fused, **arch)
 
 
-def make_vqdna(arch, vocab, device, code_dim=384):
-    cfg = make_config(arch, vocab, code_dim)
+def make_vqdna(arch, vocab, device, code_dim=384, fused=False):
+    cfg = make_config(arch, vocab, code_dim, fused)
     model = VQDNAForMaskedLM(cfg)
     model.load_code_vectors([torch.randn(vocab, code_dim)])
     return model.to(device)
@@ -178,7 +200,8 @@ def prepare(name: str, model, device):
     if spec.get("fp8"):
         convert_to_float8(model, spec.get("fp8_recipe", "tensorwise"))
     if spec.get("compile") == "blocks":
-        model.vqdna.encoder.compile_layers(dynamic=False)
+        mode = {"mode": spec["compile_mode"]} if spec.get("compile_mode") else {}
+        model.vqdna.encoder.compile_layers(dynamic=False, **mode)
     elif spec.get("compile") == "full":
         model.vqdna.compile(dynamic=False)
     return opt
@@ -188,7 +211,8 @@ def run_variant(name, batch, steps, args, arch, vocab, device, batches) -> dict:
     spec = VARIANTS[name]
     stock = spec.get("stock", False)
     torch.manual_seed(0)  # the same initial weights for every vqdna run
-    model = make_stock(arch, vocab, args.seq_len, device) if stock else make_vqdna(arch, vocab, device)
+    model = (make_stock(arch, vocab, args.seq_len, device) if stock
+             else make_vqdna(arch, vocab, device, fused=spec.get("fused", False)))
     opt = prepare(name, model, device)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                               enabled=device.type == "cuda" and not spec.get("bf16"))
@@ -211,8 +235,8 @@ def run_variant(name, batch, steps, args, arch, vocab, device, batches) -> dict:
         opt.zero_grad(set_to_none=True)
         return out.loss.detach()
 
-    losses, times = [], []
-    with sdpa_context(spec, device):
+    losses, times, prof = [], [], None
+    with sdpa_context(spec, device), compile_config(spec):
         t0 = time.perf_counter()
         for s in range(args.warmup):
             losses.append(step(s))
@@ -231,26 +255,89 @@ def run_variant(name, batch, steps, args, arch, vocab, device, batches) -> dict:
                 t = time.perf_counter()
                 losses.append(step(s, batch_s))
                 times.append(time.perf_counter() - t)
-        if args.profile == f"{name}@{batch}":
-            profile_steps(step, total, device)
+        if f"{name}@{batch}" in args.profile.split(","):
+            prof = profile_steps(step, total, device, f"{name}@{batch}", args.profile_dir, times)
     med = statistics.median(times)
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     curve = [float(l) for l in losses]
     return {"variant": name, "batch": batch, "seq": args.seq_len, "steps": steps, "warmup_steps": args.warmup,
             "step_s_median": med, "step_s_min": min(times), "tokens_per_s": batch * args.seq_len / med,
-            "warmup_s": warm_s, "final_loss": curve[-1], "max_mem_gib": mem, "loss_curve": curve}
+            "warmup_s": warm_s, "final_loss": curve[-1], "max_mem_gib": mem, "profile": prof, "loss_curve": curve}
 
 
-def profile_steps(step, first: int, device):
+def compile_config(spec: dict):
+    """Inductor / functorch settings of a variant, active while it compiles and runs."""
+    stack = contextlib.ExitStack()
+    if spec.get("inductor"):
+        import torch._inductor.config as inductor_config
+
+        stack.enter_context(inductor_config.patch(spec["inductor"]))
+    if spec.get("functionalize_rng"):
+        import torch._functorch.config as functorch_config
+
+        stack.enter_context(functorch_config.patch(functionalize_rng_ops=True))
+    return stack
+
+
+# Kernel families of a profile (first match wins), for the time-per-step breakdown.
+FAMILIES = (
+    ("fused add+dropout+LayerNorm (vqdna op)", ("_fwd_kernel", "_bwd_kernel")),
+    ("GEMM (cuBLAS / Triton templates)", ("nvjet", "gemm", "cutlass", "xmma", "sm90_", "cublas", "triton_tem", "mm_")),
+    ("attention (cuDNN / flash)", ("cudnn", "flash", "fmha", "sdpa", "attention")),
+    ("optimizer (AdamW, master copies)", ("multi_tensor", "adam", "foreach")),
+    ("LayerNorm (+fused element-wise)", ("layer_norm", "native_layer_norm")),
+    ("GELU (+fused element-wise)", ("gelu",)),
+    ("dropout / residual add", ("dropout", "rand", "philox")),
+    ("cross-entropy / softmax", ("softmax", "nll", "cross_entropy", "log_softmax")),
+    ("copies / casts", ("copy", "convert", "_to_copy", "cat", "clone", "fill")),
+)
+
+
+def kernel_family(name: str) -> str:
+    low = name.lower()
+    for family, keys in FAMILIES:
+        if any(k in low for k in keys):
+            return family
+    return "other element-wise / reductions (RoPE, sums, ...)" if low.startswith("triton") else "other"
+
+
+def profile_steps(step, first: int, device, label: str = "", out_dir: str | None = None, times=None):
+    """Three steps under torch.profiler: the top kernels, and CUDA time per step by family."""
+    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
+    n = 3
     acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
     with profile(activities=acts) as prof:
-        for s in range(first, first + 3):
+        for s in range(first, first + n):
             step(s)
         sync(device)
+    averages = prof.key_averages()
     key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    print(prof.key_averages().table(sort_by=key, row_limit=40, max_name_column_width=90))
+    table = averages.table(sort_by=key, row_limit=60, max_name_column_width=110)
+    kernels = [e for e in averages if e.device_type == DeviceType.CUDA]
+    families: dict[str, float] = {}
+    for e in kernels:
+        fam = kernel_family(e.key)
+        families[fam] = families.get(fam, 0.0) + e.self_device_time_total / 1e3 / n
+    total = sum(families.values())
+    lines = [f"profile {label}: CUDA kernel time per step by family ({n} steps; "
+             f"median timed step {1e3 * statistics.median(times):.1f} ms)" if times else f"profile {label}"]
+    for fam, ms in sorted(families.items(), key=lambda kv: -kv[1]):
+        lines.append(f"  {fam:<55}{ms:>8.2f} ms  {100 * ms / total if total else 0:5.1f}%")
+    lines.append(f"  {'total kernel time':<55}{total:>8.2f} ms")
+    top = sorted(kernels, key=lambda e: -e.self_device_time_total)[:40]
+    lines.append("  top kernels (ms/step, calls/step, family):")
+    for e in top:
+        lines.append(f"    {e.self_device_time_total / 1e3 / n:8.2f}  {e.count / n:6.1f}  "
+                     f"{kernel_family(e.key)[:20]:<20}  {e.key[:120]}")
+    summary = "\n".join(lines)
+    print(table if device.type != "cuda" else summary, flush=True)
+    if out_dir:
+        Path(out_dir).mkdir(parents=True, exist_ok=True)
+        safe = label.replace("@", "_")
+        Path(out_dir, f"profile_{safe}.txt").write_text(summary + "\n\n" + table + "\n")
+    return {"families_ms_per_step": families, "kernel_ms_per_step": total}
 
 
 def correctness(arch, vocab, seq, device, batches) -> dict:
@@ -269,9 +356,10 @@ def correctness(arch, vocab, seq, device, batches) -> dict:
     g_ref = torch.cat([p.grad.flatten().double() for p in ref.parameters() if p.grad is not None])
     cuda = device.type == "cuda"
     checks = {}
-    for name, bf16_weights, fp8 in (("bf16_autocast", False, None), ("bf16_weights", True, None),
-                                    ("fp8", True, "tensorwise"), ("fp8_rowwise", True, "rowwise")):
-        fast = make_vqdna(arch, vocab, device).eval()
+    for name, bf16_weights, fp8, fused in (("bf16_autocast", False, None, False), ("bf16_weights", True, None, False),
+                                           ("bf16_weights_fused", True, None, True),
+                                           ("fp8", True, "tensorwise", False), ("fp8_rowwise", True, "rowwise", False)):
+        fast = make_vqdna(arch, vocab, device, fused=fused).eval()
         fast.load_state_dict(ref.state_dict())
         if bf16_weights:
             for p in fast.parameters():
@@ -319,6 +407,74 @@ def fp8_kernel_vs_emulation(device) -> dict:
             emu = fp8.scaled_mm(x8.cpu(), w8.cpu().t(), ix.cpu(), iw.cpu(), torch.float32)
             out[f"{recipe}_fast{int(fast)}"] = float((gpu - emu).norm() / emu.norm())
     return out
+
+
+def kernel_check(device, tiny: bool = False) -> dict:
+    """The fused add+dropout+LayerNorm op (vqdna.models.fused_norm) against the plain composition
+    `x + dropout(y)`, `layer_norm` with the same keep mask (read back through the op), at the
+    encoder's shape [B*T, H] in bf16: relative errors of both outputs and all four gradients
+    against an fp32 reference, the keep-mask statistics, and forward+backward time of the op
+    against the plain composition compiled by Inductor (which stores its mask)."""
+    import torch.nn.functional as F
+
+    from vqdna.models import fused_norm
+
+    N, H, p, eps = (256, 64, 0.1, 1e-12) if tiny else (65536, 768, 0.1, 1e-12)
+    gen = torch.Generator(device="cpu").manual_seed(3)
+    res = {"shape": [N, H], "p": p, "triton": fused_norm.triton_available(device)}
+    x, y, gs, gh = (torch.randn(N, H, generator=gen).to(device, torch.bfloat16) for _ in range(4))
+    w = (1 + 0.1 * torch.randn(H, generator=gen)).to(device, torch.bfloat16)
+    b = (0.1 * torch.randn(H, generator=gen)).to(device, torch.bfloat16)
+    seed = torch.tensor([12345], device=device)
+    keep = fused_norm.keep_mask((N, H), p, seed, device)
+    kf = keep.float()
+    res["keep_fraction"] = float(kf.mean())
+    res["keep_fraction_row_std"] = float(kf.mean(1).std())
+    res["keep_corr_adjacent_cols"] = float(torch.corrcoef(torch.stack([kf[:, :-1].flatten(), kf[:, 1:].flatten()]))[0, 1])
+    other = fused_norm.keep_mask((N, H), p, seed + 1, device)
+    res["keep_agreement_other_seed"] = float((keep == other).float().mean())  # ~ p^2 + (1-p)^2 if independent
+
+    def run(fn, dtype):
+        xs = [t.detach().to(dtype).requires_grad_() for t in (x, y, w, b)]
+        s, h = fn(*xs)
+        ((s.float() * gs.float()).sum() + (h.float() * gh.float()).sum()).backward()
+        return [s, h] + [t.grad for t in xs]
+
+    def plain(x_, y_, w_, b_):
+        s = x_ + torch.where(keep, y_ / (1 - p), torch.zeros((), dtype=y_.dtype, device=device))
+        return s, F.layer_norm(s, (H,), w_, b_, eps)
+
+    def fused(x_, y_, w_, b_):
+        return fused_norm.dropout_add_layer_norm(x_, y_, w_, b_, p, eps, seed=seed)
+
+    ref = run(plain, torch.float32)
+    names = ("s", "h", "dx", "dy", "dweight", "dbias")
+    for label, fn in (("fused_bf16", fused), ("plain_bf16", plain)):
+        got = run(fn, torch.bfloat16)
+        res[label + "_rel_err_vs_fp32"] = {
+            n: float((a.double() - r.double()).norm() / r.double().norm()) for n, a, r in zip(names, got, ref)}
+    if device.type == "cuda":
+        import triton.testing
+
+        def fwd_bwd(fn):
+            xs = [t.detach().requires_grad_() for t in (x, y, w, b)]
+
+            def go():
+                s, h = fn(*xs)
+                torch.autograd.backward((s, h), (gs, gh))
+            return go
+
+        def plain_dropout(x_, y_, w_, b_):  # what the compiled block does: mask drawn and stored
+            s = x_ + F.dropout(y_, p, training=True)
+            return s, F.layer_norm(s, (H,), w_, b_, eps)
+
+        compiled = torch.compile(plain_dropout, dynamic=False)
+        for label, fn in (("fused_op", fused), ("inductor_plain", compiled)):
+            res[label + "_fwd_bwd_ms"] = float(triton.testing.do_bench(fwd_bwd(fn), warmup=50, rep=200,
+                                                                        return_mode="median"))
+        # bytes that must move: forward reads x, y, writes s, h; backward reads dh, ds, s, writes dx, dy
+        res["min_bytes_fwd_bwd_GB"] = 9 * N * H * 2 / 1e9
+    return res
 
 
 def compare_curves(runs: list[dict], window: int) -> dict:
@@ -448,9 +604,24 @@ def main():
             result["correctness"]["fp8_kernel_vs_cpu_emulation_rel_err"] = fp8_kernel_vs_emulation(device)
         except Exception as exc:  # noqa: BLE001
             result["correctness"]["fp8_kernel_vs_cpu_emulation_rel_err"] = repr(exc)[:300]
+    if args.kernel_check:
+        try:
+            result["kernel_check"] = kernel_check(device, tiny=args.tiny)
+        except Exception as exc:  # noqa: BLE001
+            result["kernel_check"] = {"error": repr(exc)[:2000]}
+        print("kernel_check:", json.dumps(result["kernel_check"]), flush=True)
     print("correctness:", json.dumps(result["correctness"]), f"({time.perf_counter() - t0:.0f} s)", flush=True)
     write(result, args.out)
+    previous_compile = None
     for name, batch, steps in runs:
+        if args.budget_s and time.perf_counter() - t0 > args.budget_s:
+            result["runs"].append({"variant": name, "batch": batch, "seq": args.seq_len,
+                                   "error": f"skipped: time budget {args.budget_s:.0f} s spent"})
+            continue
+        compile_key = repr({k: VARIANTS[name].get(k) for k in COMPILE_KEYS})
+        if previous_compile is not None and compile_key != previous_compile:
+            torch._dynamo.reset()
+        previous_compile = compile_key
         if device.type == "cuda":
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(device)

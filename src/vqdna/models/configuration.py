@@ -14,6 +14,8 @@ class VQDNAConfig(PretrainedConfig):
     `embedding="codebook"`: the input embedding is the tokenizer's frozen code vectors
     (`code_dim` wide, one table per level, levels averaged as HRQ does) projected to
     `hidden_size`; `embedding="table"`: an ordinary learned table per level (baselines).
+    `fused_dropout_norm`: compute each residual add with its dropout and the LayerNorm that
+    follows it as one op (`vqdna.models.fused_norm`; pretrain.fused_dropout_norm).
     """
 
     model_type = "vqdna"
@@ -37,6 +39,7 @@ class VQDNAConfig(PretrainedConfig):
         code_dim: int | None = None,
         level_combine: str = "mean",
         tokenizer_kind: str | None = None,
+        fused_dropout_norm: bool = False,
         **kwargs,
     ):
         vocab_sizes = [int(v) for v in vocab_sizes]
@@ -71,6 +74,10 @@ class VQDNAConfig(PretrainedConfig):
         self.code_dim = code_dim
         self.level_combine = level_combine
         self.tokenizer_kind = tokenizer_kind
+        # residual add + dropout + LayerNorm as one op (vqdna.models.fused_norm): Triton kernels
+        # on CUDA, the same math in PyTorch elsewhere; same parameters and state-dict keys, so a
+        # saved model loads and fine-tunes either way
+        self.fused_dropout_norm = bool(fused_dropout_norm)
         super().__init__(**kwargs)
 
     def special_id(self, name: str, level: int) -> int:

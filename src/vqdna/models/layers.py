@@ -9,6 +9,7 @@ from torch.utils.checkpoint import checkpoint
 
 from .configuration import VQDNAConfig
 from .fp8 import linear
+from .fused_norm import dropout_add_layer_norm
 from .positions import alibi_bias, alibi_slopes, apply_rope, rope_tables
 
 
@@ -80,26 +81,65 @@ class EncoderLayer(nn.Module):
     def __init__(self, config: VQDNAConfig):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
+        self.config = config  # read at call time: Encoder and blocks must agree on fused_dropout_norm
+        self.eps = config.layer_norm_eps
         self.attention = SelfAttention(config)
         self.attn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.mlp = FeedForward(config)
         self.mlp_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: torch.Tensor, rope: tuple | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple | None, attn_mask: torch.Tensor | None,
+                normed: torch.Tensor | None = None, next_norm: tuple | None = None):
+        """Plain: the block's output. Fused pre-LN (`normed` = attn_norm(x), given by the
+        encoder): `(x_out, next_norm(x_out))` with `next_norm = (weight, bias)` of the norm that
+        reads x_out next (the next block's attn_norm or the final norm), so every residual add
+        is one op with the norm after it."""
+        if self.fused:
+            return self._forward_fused(x, rope, attn_mask, normed, next_norm)
         if self.pre_norm:
             x = x + self.dropout(self.attention(self.attn_norm(x), rope, attn_mask))
             return x + self.dropout(self.mlp(self.mlp_norm(x)))
         x = self.attn_norm(x + self.dropout(self.attention(x, rope, attn_mask)))
         return self.mlp_norm(x + self.dropout(self.mlp(x)))
 
-    def forward_queries(self, x: torch.Tensor, select: torch.Tensor, rope: tuple | None) -> torch.Tensor:
-        """This block's output at `select [B, k]` only (what the MLM loss reads of the last block)."""
+    @property
+    def fused(self) -> bool:
+        return bool(getattr(self.config, "fused_dropout_norm", False))
+
+    def _add_norm(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
+        """`(x + dropout(y), LayerNorm(x + dropout(y)))` in one op."""
+        return dropout_add_layer_norm(x, y, weight, bias, self.dropout.p if self.training else 0.0, self.eps)
+
+    def _forward_fused(self, x, rope, attn_mask, normed, next_norm):
+        if not self.pre_norm:
+            _, x = self._add_norm(x, self.attention(x, rope, attn_mask), self.attn_norm.weight, self.attn_norm.bias)
+            _, x = self._add_norm(x, self.mlp(x), self.mlp_norm.weight, self.mlp_norm.bias)
+            return x
+        if normed is None or next_norm is None:
+            raise ValueError("fused pre-LN block: the encoder passes normed and next_norm")
+        x, h = self._add_norm(x, self.attention(normed, rope, attn_mask), self.mlp_norm.weight, self.mlp_norm.bias)
+        return self._add_norm(x, self.mlp(h), *next_norm)
+
+    def forward_queries(self, x: torch.Tensor, select: torch.Tensor, rope: tuple | None,
+                        normed: torch.Tensor | None = None) -> torch.Tensor:
+        """This block's output at `select [B, k]` only (what the MLM loss reads of the last block).
+        `normed`: attn_norm(x) when the caller already has it (fused pre-LN path)."""
         x_sel = x.gather(1, select[..., None].expand(*select.shape, x.shape[-1]))
         if self.pre_norm:
-            y = x_sel + self.dropout(self.attention.forward_queries(self.attn_norm(x), select, rope))
-            return y + self.dropout(self.mlp(self.mlp_norm(y)))
-        y = self.attn_norm(x_sel + self.dropout(self.attention.forward_queries(x, select, rope)))
+            normed = self.attn_norm(x) if normed is None else normed
+            attn = self.attention.forward_queries(normed, select, rope)
+            if self.fused:
+                y, h = self._add_norm(x_sel, attn, self.mlp_norm.weight, self.mlp_norm.bias)
+            else:
+                y = x_sel + self.dropout(attn)
+                h = self.mlp_norm(y)
+            return y + self.dropout(self.mlp(h))
+        attn = self.attention.forward_queries(x, select, rope)
+        if self.fused:
+            _, y = self._add_norm(x_sel, attn, self.attn_norm.weight, self.attn_norm.bias)
+            return self._add_norm(y, self.mlp(y), self.mlp_norm.weight, self.mlp_norm.bias)[1]
+        y = self.attn_norm(x_sel + self.dropout(attn))
         return self.mlp_norm(y + self.dropout(self.mlp(y)))
 
 
@@ -147,11 +187,26 @@ class Encoder(nn.Module):
         rope, mask = self.attention_inputs(x, attention_mask)
         layers = list(self.layers)
         last = layers.pop() if select is not None else None
+        if self.config.norm_position == "pre" and getattr(self.config, "fused_dropout_norm", False):
+            return self._forward_fused_pre(x, rope, mask, layers, last, select)
         for layer in layers:
-            if self.gradient_checkpointing and self.training:
-                x = checkpoint(layer, x, rope, mask, use_reentrant=False)
-            else:
-                x = layer(x, rope, mask)
+            x = self._run(layer, x, rope, mask)
         if last is not None:
             x = last.forward_queries(x, select, rope)
         return self.final_norm(x)
+
+    def _run(self, layer, *args):
+        if self.gradient_checkpointing and self.training:
+            return checkpoint(layer, *args, use_reentrant=False)
+        return layer(*args)
+
+    def _forward_fused_pre(self, x, rope, mask, layers, last, select):
+        """Pre-LN with fused add+dropout+norm: each block hands the next its normed input (the
+        last one the final norm's output), so no norm runs as a separate pass."""
+        h = layers[0].attn_norm(x) if layers else last.attn_norm(x)
+        following = [l.attn_norm for l in layers[1:]] + [last.attn_norm if last is not None else self.final_norm]
+        for layer, norm in zip(layers, following):
+            x, h = self._run(layer, x, rope, mask, h, (norm.weight, norm.bias))
+        if last is not None:
+            return self.final_norm(last.forward_queries(x, select, rope, normed=h))
+        return h

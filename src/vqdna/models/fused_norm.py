@@ -1,0 +1,301 @@
+"""`(s, h) = (x + dropout(y), LayerNorm(x + dropout(y)))` as one op: one pass forward, one backward.
+
+Every residual add of the encoder is followed by a LayerNorm (pre-LN: the next sub-layer's input
+norm, the next block's, or the final norm; post-LN: the norm of the same sub-layer), so the
+residual stream pays one read/write pass for add + dropout + norm instead of several. Why a
+hand-written op rather than leaving it to torch.compile: the dropout mask is regenerated in the
+backward pass from a seed (counter-based Philox: element index -> random number) instead of
+being stored and re-read, and the backward pass computes the LayerNorm weight/bias gradients in
+the same pass that writes the input gradients (per-program partial sums) instead of re-reading
+the activations in separate reductions.
+
+Registered as the custom op `vqdna::dropout_add_layer_norm` (+ `_backward`) with an autograd
+formula and a fake (meta) implementation, so torch.compile keeps it as one opaque kernel call.
+CUDA with Triton: the Triton kernels below. Everything else (CPU, or no Triton): the same math in
+plain PyTorch (`reference_*`), with the mask drawn from a CPU generator seeded by the same seed,
+also regenerated in backward; the two paths draw different masks for the same seed (different
+generators), each one consistent between its own forward and backward.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs take the reference path
+    import triton
+    import triton.language as tl
+except ImportError:  # pragma: no cover - depends on the install
+    triton = None
+
+# int32 element offsets feed the Philox counter and the pointer arithmetic
+MAX_ELEMENTS = 2**31 - 1
+
+
+def triton_available(device: torch.device) -> bool:
+    return triton is not None and device.type == "cuda"
+
+
+# ---- reference (CPU / no Triton): the same function in plain PyTorch -------------------------
+
+def reference_keep_mask(seed: int, shape, p: float, device) -> Tensor:
+    """Keep mask of the reference path: a CPU generator seeded with `seed` (so backward can
+    draw it again), True with probability 1 - p."""
+    gen = torch.Generator(device="cpu").manual_seed(int(seed))
+    return (torch.rand(tuple(shape), generator=gen) >= p).to(device)
+
+
+def _stats(s: Tensor, eps: float) -> tuple[Tensor, Tensor]:
+    var, mean = torch.var_mean(s, dim=-1, unbiased=False)
+    return mean, torch.rsqrt(var + eps)
+
+
+def reference_forward(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, seed: Tensor, p: float, eps: float):
+    out_dtype = torch.promote_types(x.dtype, y.dtype)
+    yf = y.float()
+    if p > 0:
+        keep = reference_keep_mask(int(seed.reshape(-1)[0]), y.shape, p, y.device)
+        yf = torch.where(keep, yf / (1.0 - p), 0.0)
+    # s is rounded to its storage dtype before the norm, as the kernel does: backward reads the
+    # stored s, so forward and backward see the same values
+    s = (x.float() + yf).to(out_dtype)
+    sf = s.float()
+    mean, rstd = _stats(sf, eps)
+    h = (sf - mean[..., None]) * rstd[..., None] * weight.float() + bias.float()
+    return s, h.to(out_dtype), mean, rstd
+
+
+def reference_backward(dh: Tensor, ds: Tensor | None, s: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
+                       seed: Tensor, p: float, x_dtype: torch.dtype, y_dtype: torch.dtype):
+    H = s.shape[-1]
+    xhat = (s.float() - mean[..., None]) * rstd[..., None]
+    dhf = dh.float()
+    g = dhf * weight.float()
+    c1 = (xhat * g).sum(-1, keepdim=True) / H
+    c2 = g.sum(-1, keepdim=True) / H
+    dsum = (g - c2 - xhat * c1) * rstd[..., None]
+    if ds is not None:
+        dsum = dsum + ds.float()
+    if p > 0:
+        keep = reference_keep_mask(int(seed.reshape(-1)[0]), s.shape, p, s.device)
+        dy = torch.where(keep, dsum / (1.0 - p), 0.0)
+    else:
+        dy = dsum.clone()  # a custom op's outputs must not alias each other
+    rows = dhf.reshape(-1, H)
+    dw = (rows * xhat.reshape(-1, H)).sum(0)
+    db = rows.sum(0)
+    return dsum.to(x_dtype), dy.to(y_dtype), dw.to(weight.dtype), db.to(weight.dtype)
+
+
+# ---- Triton kernels (CUDA) ----------------------------------------------------------------
+
+if triton is not None:
+
+    @triton.jit
+    def _fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, s_ptr, h_ptr, mean_ptr, rstd_ptr, seed_ptr,
+                    n_rows, n_cols, p, scale, eps,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, BLOCK_N)
+        row_ok = rows < n_rows
+        col_ok = cols < n_cols
+        m = row_ok[:, None] & col_ok[None, :]
+        offs = rows[:, None] * n_cols + cols[None, :]
+        x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        y = tl.load(y_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        if HAS_DROPOUT:
+            seed = tl.load(seed_ptr)
+            keep = tl.rand(seed, offs) >= p
+            y = tl.where(keep, y * scale, 0.0)
+        s = (x + y).to(s_ptr.dtype.element_ty)
+        tl.store(s_ptr + offs, s, mask=m)
+        sf = s.to(tl.float32)
+        mean = tl.sum(sf, axis=1) / n_cols
+        d = tl.where(m, sf - mean[:, None], 0.0)
+        var = tl.sum(d * d, axis=1) / n_cols
+        rstd = 1.0 / tl.sqrt(var + eps)
+        w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        h = d * rstd[:, None] * w[None, :] + b[None, :]
+        tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=m)
+        tl.store(mean_ptr + rows, mean, mask=row_ok)
+        tl.store(rstd_ptr + rows, rstd, mask=row_ok)
+
+    @triton.jit
+    def _bwd_kernel(dh_ptr, ds_ptr, s_ptr, w_ptr, mean_ptr, rstd_ptr, seed_ptr,
+                    dx_ptr, dy_ptr, dw_ptr, db_ptr,
+                    n_rows, n_cols, rows_per_prog, p, scale,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                    HAS_DS: tl.constexpr):
+        pid = tl.program_id(0)
+        cols = tl.arange(0, BLOCK_N)
+        col_ok = cols < n_cols
+        w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        first = pid * rows_per_prog
+        end = tl.minimum(first + rows_per_prog, n_rows)
+        if HAS_DROPOUT:
+            seed = tl.load(seed_ptr)
+        for r0 in range(first, end, BLOCK_M):
+            rows = r0 + tl.arange(0, BLOCK_M)
+            row_ok = rows < end
+            m = row_ok[:, None] & col_ok[None, :]
+            offs = rows[:, None] * n_cols + cols[None, :]
+            s = tl.load(s_ptr + offs, mask=m, other=0.0).to(tl.float32)
+            mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
+            rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
+            xhat = tl.where(m, (s - mean[:, None]) * rstd[:, None], 0.0)
+            dh = tl.load(dh_ptr + offs, mask=m, other=0.0).to(tl.float32)
+            g = dh * w[None, :]
+            c1 = tl.sum(xhat * g, axis=1) / n_cols
+            c2 = tl.sum(g, axis=1) / n_cols
+            dsum = (g - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
+            if HAS_DS:
+                dsum += tl.load(ds_ptr + offs, mask=m, other=0.0).to(tl.float32)
+            tl.store(dx_ptr + offs, dsum.to(dx_ptr.dtype.element_ty), mask=m)
+            if HAS_DROPOUT:
+                keep = tl.rand(seed, offs) >= p
+                dy = tl.where(keep, dsum * scale, 0.0)
+            else:
+                dy = dsum
+            tl.store(dy_ptr + offs, dy.to(dy_ptr.dtype.element_ty), mask=m)
+            dw_acc += tl.sum(dh * xhat, axis=0)
+            db_acc += tl.sum(dh, axis=0)
+        tl.store(dw_ptr + pid * n_cols + cols, dw_acc, mask=col_ok)
+        tl.store(db_ptr + pid * n_cols + cols, db_acc, mask=col_ok)
+
+
+def _tiles(n_cols: int) -> tuple[int, int, int]:
+    """Rows per tile, padded width, warps: ~4096 elements a tile (a few rows of a BERT-size width)."""
+    block_n = triton.next_power_of_2(n_cols)
+    block_m = max(1, min(16, 4096 // block_n))
+    return block_m, block_n, 8 if block_n >= 2048 else 4
+
+
+def _check_size(n: int) -> None:
+    if n > MAX_ELEMENTS:
+        raise ValueError(f"dropout_add_layer_norm: {n} elements exceed the kernel's int32 offsets "
+                         f"({MAX_ELEMENTS}); use a smaller micro-batch or fused_dropout_norm: false")
+
+
+def triton_forward(x, y, weight, bias, seed, p, eps):
+    out_dtype = torch.promote_types(x.dtype, y.dtype)
+    H = x.shape[-1]
+    x2, y2 = x.reshape(-1, H).contiguous(), y.reshape(-1, H).contiguous()
+    N = x2.shape[0]
+    _check_size(N * H)
+    s = torch.empty((N, H), device=x.device, dtype=out_dtype)
+    h = torch.empty_like(s)
+    mean = torch.empty(N, device=x.device, dtype=torch.float32)
+    rstd = torch.empty_like(mean)
+    block_m, block_n, warps = _tiles(H)
+    _fwd_kernel[(triton.cdiv(N, block_m),)](
+        x2, y2, weight.contiguous(), bias.contiguous(), s, h, mean, rstd, seed, N, H, p,
+        1.0 / (1.0 - p) if p < 1 else 0.0, eps,
+        BLOCK_M=block_m, BLOCK_N=block_n, HAS_DROPOUT=p > 0, num_warps=warps)
+    shape = x.shape[:-1]
+    return s.view(*shape, H), h.view(*shape, H), mean.view(shape), rstd.view(shape)
+
+
+def triton_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype):
+    H = s.shape[-1]
+    dh2 = dh.reshape(-1, H).contiguous()
+    ds2 = ds.reshape(-1, H).contiguous() if ds is not None else dh2  # dh2: a valid pointer, never read
+    s2 = s.reshape(-1, H)
+    N = s2.shape[0]
+    _check_size(N * H)
+    dx = torch.empty((N, H), device=s.device, dtype=x_dtype)
+    dy = torch.empty((N, H), device=s.device, dtype=y_dtype)
+    block_m, block_n, warps = _tiles(H)
+    # a few programs per multiprocessor, each looping over a stripe of rows and keeping its
+    # weight/bias-gradient partial sums in registers; one small sum over programs at the end
+    # (CPU tensors only under Triton's interpreter, in the kernel tests)
+    sms = torch.cuda.get_device_properties(s.device).multi_processor_count if s.is_cuda else 2
+    n_prog = max(1, min(triton.cdiv(N, block_m), 4 * sms))
+    rows_per_prog = triton.cdiv(triton.cdiv(N, n_prog), block_m) * block_m
+    n_prog = triton.cdiv(N, rows_per_prog)
+    dw_part = torch.empty((n_prog, H), device=s.device, dtype=torch.float32)
+    db_part = torch.empty_like(dw_part)
+    _bwd_kernel[(n_prog,)](
+        dh2, ds2, s2, weight.contiguous(), mean.reshape(-1), rstd.reshape(-1), seed, dx, dy, dw_part, db_part,
+        N, H, rows_per_prog, p, 1.0 / (1.0 - p) if p < 1 else 0.0,
+        BLOCK_M=block_m, BLOCK_N=block_n, HAS_DROPOUT=p > 0, HAS_DS=ds is not None, num_warps=warps)
+    return (dx.view(s.shape), dy.view(s.shape), dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(weight.dtype))
+
+
+# ---- custom ops: dispatch, fake tensors, autograd ---------------------------------------------
+
+@torch.library.custom_op("vqdna::dropout_add_layer_norm", mutates_args=())
+def _op_forward(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, seed: Tensor, p: float,
+                eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if triton_available(x.device):
+        return triton_forward(x, y, weight, bias, seed, p, eps)
+    return reference_forward(x, y, weight, bias, seed, p, eps)
+
+
+@_op_forward.register_fake
+def _(x, y, weight, bias, seed, p, eps):
+    dtype = torch.promote_types(x.dtype, y.dtype)
+    stats = x.new_empty(x.shape[:-1], dtype=torch.float32)
+    return x.new_empty(x.shape, dtype=dtype), x.new_empty(x.shape, dtype=dtype), stats, torch.empty_like(stats)
+
+
+@torch.library.custom_op("vqdna::dropout_add_layer_norm_backward", mutates_args=())
+def _op_backward(dh: Tensor, ds: Tensor | None, s: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
+                 seed: Tensor, p: float, x_dtype: torch.dtype, y_dtype: torch.dtype
+                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    if triton_available(s.device):
+        return triton_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype)
+    return reference_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype)
+
+
+@_op_backward.register_fake
+def _(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype):
+    return (s.new_empty(s.shape, dtype=x_dtype), s.new_empty(s.shape, dtype=y_dtype),
+            torch.empty_like(weight), torch.empty_like(weight))
+
+
+def _setup_context(ctx, inputs, output):
+    x, y, weight, bias, seed, p, eps = inputs
+    s, _, mean, rstd = output
+    ctx.save_for_backward(s, weight, mean, rstd, seed)
+    ctx.p = p
+    ctx.dtypes = (x.dtype, y.dtype)
+
+
+def _autograd_backward(ctx, ds, dh, _dmean, _drstd):
+    s, weight, mean, rstd, seed = ctx.saved_tensors
+    if dh is None:
+        dh = torch.zeros_like(s)
+    dx, dy, dw, db = _op_backward(dh, ds, s, weight, mean, rstd, seed, ctx.p, *ctx.dtypes)
+    return dx, dy, dw, db, None, None, None
+
+
+_op_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
+
+
+def dropout_add_layer_norm(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, p: float, eps: float,
+                           seed: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`(s, LayerNorm(s))` with `s = x + dropout(y, p)` (inverted dropout, as nn.Dropout in
+    training). `seed`: int64 tensor `[1]` on x's device; by default drawn from torch's generator
+    of that device, so `torch.manual_seed` makes a run repeatable."""
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout_add_layer_norm: p must be in [0, 1), not {p}")
+    if seed is None:
+        if p > 0:
+            seed = torch.randint(0, 2**31 - 1, (1,), device=x.device, dtype=torch.int64)
+        else:
+            seed = torch.zeros(1, device=x.device, dtype=torch.int64)
+    s, h, _, _ = _op_forward(x, y, weight, bias, seed, float(p), float(eps))
+    return s, h
+
+
+def keep_mask(shape, p: float, seed: Tensor, device, dtype=torch.float32) -> Tensor:
+    """The keep mask the op draws for `seed` (True = kept), read back through the op itself
+    (x = 0, y = 1: s = keep / (1 - p)); for tests and mask statistics."""
+    y = torch.ones(shape, device=device, dtype=dtype)
+    H = shape[-1]
+    w = torch.ones(H, device=device, dtype=dtype)
+    s, _ = dropout_add_layer_norm(torch.zeros_like(y), y, w, torch.zeros_like(w), p, 1e-5, seed=seed)
+    return s > 0
