@@ -12,13 +12,16 @@ training run's held-out reconstruction accuracy.
 Phases, in priority order (each writes the JSON again, so a time-out keeps what finished; a
 phase that would not fit in --budget-s is skipped):
 1. reference: plain bf16 matmuls of the model's two MLP shapes ([N, D] x [D, 4D], [N, 4D] x [4D, D]);
-2. one VQ training step (forward with EMA update, backward, fused AdamW) at the paper's batch, compiled;
-3. a bench-size run of the real training loop (`train_vq_tokenizer`) on real DNA shards: held-out
-   reconstruction accuracy, code usage, perplexity (the trained model feeds phase 4);
-4. encoding nt/s of `VQTokenizer.encode_codes` per --encode-variants, VQ on the trained model and HRQ
-   (paper default, codebooks k-means-initialised on real DNA), with the share of positions whose
+2. training steps (forward with EMA update, backward, AdamW) at the paper's batch, per --train-variants
+   (VQ/HRQ; compile mode; `precision` autocast | bf16_weights; `dwconv_ln` autograd | fused), each
+   with a kernel profile of --profile-steps steps (where the step's time goes);
+2b. --train-passes: forward+backward of one paper-size block per implementation, and of the quantizer;
+3. a bench-size run of the real training loop (`train_vq_tokenizer`, --run-kind, --run-variant) on real
+   DNA shards: held-out reconstruction accuracy, code usage, perplexity (the trained model feeds phase 4);
+4. encoding nt/s of `VQTokenizer.encode_codes` per --encode-variants, on the trained model of its kind
+   (else random weights with codebooks k-means-initialised on real DNA), with the share of positions whose
    code equals the eager fp32 path's and the held-out reconstruction through each variant's codes;
-5. further training-step variants (--train-variants beyond the first, e.g. max-autotune; HRQ).
+4b. per-pass times of the fast encode path (needs a VQ model from phase 4).
 
 Model FLOPs are counted from the architecture (every matmul and convolution, 2 FLOPs per MAC;
 training = 3x forward; the fast path's 3-product distance GEMM is counted once, as model work).
@@ -70,11 +73,17 @@ ENCODE_VARIANTS = {
     "fast_eager": {"fast": dict(distance="bf16x3", gelu_epilogue=True, compile=False)},
     "fast_fp32stream": {"fast": dict(distance="bf16x3", gelu_epilogue=True, residual="fp32")},
 }
-TRAIN_VARIANTS = {  # name -> (kind, torch.compile mode or None for eager)
-    "vq_compiled": ("vq", "default"),
-    "vq_autotune": ("vq", "max-autotune-no-cudagraphs"),
-    "vq_eager": ("vq", None),
-    "hrq_compiled": ("hrq", "default"),
+# name -> (kind, torch.compile mode or None for eager, tokenizers.training.precision, .dwconv_ln)
+TRAIN_VARIANTS = {
+    "vq_compiled": ("vq", "default", "autocast", "autograd"),        # the old default
+    "vq_autotune": ("vq", "max-autotune-no-cudagraphs", "autocast", "autograd"),
+    "vq_eager": ("vq", None, "autocast", "autograd"),
+    "vq_bf16w": ("vq", "default", "bf16_weights", "autograd"),
+    "vq_fused_autocast": ("vq", "default", "autocast", "fused"),
+    "vq_fused": ("vq", "default", "bf16_weights", "fused"),          # the new path
+    "hrq_compiled": ("hrq", "default", "autocast", "autograd"),
+    "hrq_bf16w": ("hrq", "default", "bf16_weights", "autograd"),
+    "hrq_fused": ("hrq", "default", "bf16_weights", "fused"),
 }
 
 
@@ -91,12 +100,19 @@ def parse_args():
                    help=f"comma-separated, of {list(ENCODE_VARIANTS)}")
     p.add_argument("--train-batch", type=int, default=1024)
     p.add_argument("--train-len", type=int, default=256)
-    p.add_argument("--train-variants", default="vq_compiled,vq_autotune,hrq_compiled",
-                   help=f"comma-separated, of {list(TRAIN_VARIANTS)}; the first runs before the bench-size run")
+    p.add_argument("--train-variants", default="vq_compiled,vq_fused,hrq_compiled,hrq_fused",
+                   help=f"comma-separated, of {list(TRAIN_VARIANTS)}")
+    p.add_argument("--profile-steps", type=int, default=2, help="steps of the kernel profile per train variant (0 = none)")
+    p.add_argument("--train-passes", action="store_true",
+                   help="time forward+backward of one block per implementation and of the quantizer")
+    p.add_argument("--run-kind", default="vq", choices=["vq", "hrq"], help="model of the bench-size run")
+    p.add_argument("--run-variant", default="vq_compiled",
+                   help="train variant whose precision/dwconv_ln the bench-size run uses (its kind is ignored)")
     p.add_argument("--reps", type=int, default=10)
     p.add_argument("--run-seconds", type=float, default=40.0, help="time budget of the bench-size training run")
     p.add_argument("--run-lr", type=float, default=1e-3)
     p.add_argument("--run-compile", action="store_true", help="compile in the bench-size run")
+    p.add_argument("--skip-run", action="store_true", help="no bench-size run")
     p.add_argument("--agree-windows", type=int, default=512, help="held-out windows for the code agreement")
     p.add_argument("--budget-s", type=float, default=370.0, help="skip phases that would not fit in this total")
     p.add_argument("--out", default=None, help="JSON file to write")
@@ -259,28 +275,38 @@ def _agreement(tok, ref_tok, windows, device, batch) -> dict:
     return out
 
 
-def bench_train_step(c: dict, batch: int, length: int, device: str, reps: int, mode: str | None, flops: dict,
-                     peak: float | None) -> dict:
+def bench_train_step(c: dict, batch: int, length: int, device: str, reps: int, variant: tuple, flops: dict,
+                     peak: float | None, profile_steps: int = 0) -> dict:
+    """One training step as `train_vq_tokenizer` runs it (EMA update in the forward, backward, AdamW via
+    `StepOptimizer`; no gradient clipping, as in the earlier rows), timed at the paper's batch."""
+    from vqdna.tokenizers.train_path import StepOptimizer, autocast, cast_weights, set_dwconv_ln
+
+    _, mode, precision, dwconv_ln = variant
     torch.manual_seed(0)
     model = VQVAE(VQModelConfig(**c)).to(device)
+    set_dwconv_ln(model, dwconv_ln)
+    cast_weights(model, precision)
     if mode is not None and device == "cuda":
         kw = {} if mode == "default" else {"mode": mode}
         model.encoder.compile(dynamic=False, **kw)
         model.decoder.compile(dynamic=False, **kw)
     cuda = device == "cuda"
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01, fused=cuda)
+    opt = StepOptimizer(model, precision, lr=1e-4, betas=(0.9, 0.98), weight_decay=0.01, fused=cuda)
     x = random_dna(batch, length, device).long()
-    with torch.no_grad():  # codebook from data, as the training loop does
+    dev = torch.device(device)
+    with torch.no_grad(), autocast(dev, precision):  # codebook from data, as the training loop does
         model.quantizer.init_codebooks([z.float() for z in model.encoder(x[: max(1, 65536 // length)])], 2,
                                        torch.Generator().manual_seed(0))
 
     def step():
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=cuda):
+        with autocast(dev, precision):
             out = model(x, update_codebooks=True)
         out["loss"].backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
+        opt.step(0.0)
+        opt.zero_grad()
 
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     t = time.time()
     step()
     first = time.time() - t
@@ -288,12 +314,113 @@ def bench_train_step(c: dict, batch: int, length: int, device: str, reps: int, m
     nt_s = batch * length / sec
     tflops = nt_s * 3 * flops["forward"] / 1e12
     mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
-    row = {"kind": c["kind"], "compile_mode": mode, "batch": batch, "length": length, "seconds_per_step": sec,
+    row = {"kind": c["kind"], "compile_mode": mode, "precision": precision, "dwconv_ln": dwconv_ln,
+           "batch": batch, "length": length, "seconds_per_step": sec,
            "nt_per_s": nt_s, "tflops": tflops, "mfu": tflops * 1e12 / peak if peak else None,
            "max_memory_gib": mem, "first_step_seconds": first}
-    print(f"  train  {c['kind']} {str(mode):28s} B={batch:5d} L={length}: {nt_s / 1e6:8.2f} M nt/s "
-          f"{tflops:7.1f} TFLOP/s  {sec * 1e3:7.1f} ms/step (first step {first:.0f} s)", flush=True)
+    print(f"  train  {c['kind']} {str(mode):10s} {precision:12s} {dwconv_ln:8s} B={batch:5d} L={length}: "
+          f"{nt_s / 1e6:8.2f} M nt/s {tflops:7.1f} TFLOP/s  {sec * 1e3:7.1f} ms/step (first step {first:.0f} s)",
+          flush=True)
+    if profile_steps > 0 and cuda:
+        row["profile"] = kernel_profile(step, profile_steps)
     return row
+
+
+def kernel_profile(fn, steps: int, top: int = 25) -> dict:
+    """CUDA kernel time per step, grouped into matmuls (GEMM kernels), Triton (Inductor-generated passes)
+    and other (ATen: index_add, argmin, copies, optimizer), plus the top kernels by time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            fn()
+        torch.cuda.synchronize()
+    kernels = []
+    for evt in prof.key_averages():
+        t = getattr(evt, "self_device_time_total", None)
+        if t is None:
+            t = getattr(evt, "self_cuda_time_total", 0)
+        if t and t > 0:
+            kernels.append((evt.key, t / steps / 1e3, evt.count // steps))  # ms per step
+    kernels.sort(key=lambda k: -k[1])
+
+    def group(name: str) -> str:
+        low = name.lower()
+        if any(g in low for g in ("gemm", "sm90_xmma", "cutlass", "cublas", "nvjet", "wgmma")):
+            return "matmul"
+        if low.startswith("triton"):
+            return "triton"
+        return "other"
+
+    groups: dict = {}
+    for name, ms, _ in kernels:
+        groups[group(name)] = groups.get(group(name), 0.0) + ms
+    total = sum(groups.values())
+    print(f"    profile (ms/step of kernel time): total {total:.1f}; " +
+          ", ".join(f"{g} {ms:.1f}" for g, ms in sorted(groups.items())), flush=True)
+    for name, ms, n in kernels[:8]:
+        print(f"      {ms:7.2f} ms x{n:3d} {name[:110]}", flush=True)
+    return {"kernel_ms_per_step": total, "groups_ms_per_step": groups,
+            "top": [{"kernel": n[:300], "ms_per_step": ms, "calls_per_step": c} for n, ms, c in kernels[:top]]}
+
+
+def train_passes(c: dict, batch: int, length: int, device: str, reps: int) -> dict:
+    """Forward + backward of one encoder block (paper width) per implementation, and of the quantizer
+    (forward with EMA update + backward of the commitment and straight-through terms)."""
+    from vqdna.tokenizers.quantizer import HierarchicalQuantizer
+
+    cuda = device == "cuda"
+    n = batch * length
+    g = torch.Generator(device=device).manual_seed(0)
+    out: dict = {"batch": batch, "length": length, "block_fwd_bwd": {}, "quantizer_fwd_bwd": {}}
+    variants = {  # (stream dtype, autocast, depthwise impl)
+        "autocast, fp32 stream, autograd": (torch.float32, True, "auto"),
+        "autocast, fp32 stream, fused": (torch.float32, True, "fused"),
+        "bf16 weights+stream, autograd": (torch.bfloat16, False, "auto"),
+        "bf16 weights+stream, fused": (torch.bfloat16, False, "fused"),
+    }
+    for name, (dtype, use_autocast, impl) in variants.items():
+        torch.manual_seed(0)
+        block = ConvNeXtBlock1d(c["dim"], c["block_kernel"], c["mlp_ratio"], 0.1).to(device=device, dtype=dtype)
+        block.depthwise_impl = impl
+        fn_block = torch.compile(block, dynamic=False) if cuda else block
+        x = torch.randn(batch, length, c["dim"], device=device, generator=g).to(dtype).requires_grad_(True)
+        dy = torch.randn(batch, length, c["dim"], device=device, generator=g).to(dtype)
+
+        def fwd_bwd():
+            with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=use_autocast and cuda):
+                y = fn_block(x)
+            y.backward(dy)
+
+        def fwd():
+            with torch.no_grad(), torch.autocast(device_type=device, dtype=torch.bfloat16,
+                                                 enabled=use_autocast and cuda):
+                fn_block(x)
+        try:
+            sec, sec_f = timed(fwd_bwd, reps, device), timed(fwd, reps, device)
+            out["block_fwd_bwd"][name] = {"seconds": sec, "ns_per_nt": sec / n * 1e9, "forward_seconds": sec_f}
+            print(f"    block fwd+bwd {name:34s} {sec * 1e3:7.2f} ms {sec / n * 1e9:6.2f} ns/nt "
+                  f"(forward alone {sec_f * 1e3:6.2f} ms)", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            out["block_fwd_bwd"][name] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+            print(f"    block {name} failed: {exc!s:.200}", flush=True)
+    for kind in ("vq", "hrq"):
+        cfg = {"vq": PAPER_VQ, "hrq": PAPER_HRQ}[kind] if c["dim"] >= 64 else TINY[kind]
+        quant = HierarchicalQuantizer(cfg["codebook_sizes"], cfg["dim"], decay=0.99, eps=1e-5,
+                                      dead_threshold=1.0).to(device)
+        latents = [torch.randn(batch, length, cfg["dim"], device=device, generator=g).to(torch.bfloat16)
+                   .requires_grad_(True) for _ in cfg["taps"]]
+
+        def q_step():
+            q = quant(latents, update=True)
+            (q.commit_loss + q.z_q.float().mean()).backward()
+        try:
+            sec = timed(q_step, reps, device)
+            out["quantizer_fwd_bwd"][kind] = {"seconds": sec, "ns_per_nt": sec / n * 1e9}
+            print(f"    quantizer fwd(EMA)+bwd {kind:4s} {sec * 1e3:7.2f} ms {sec / n * 1e9:6.2f} ns/nt", flush=True)
+        except Exception as exc:  # noqa: BLE001
+            out["quantizer_fwd_bwd"][kind] = {"error": f"{type(exc).__name__}: {exc}"[:500]}
+    return out
 
 
 @torch.inference_mode()
@@ -355,7 +482,8 @@ def bench_run(c: dict, args, step_seconds: float | None, work: Path) -> dict:
         seq_len=args.train_len, grad_clip=1.0, init_kmeans_iters=10, kmeans_after_warmup=False, kmeans_iters=20,
         kmeans_max_samples=262144, restart_every=max(10, steps // 20), checkpoint_every=0, log_every=max(1, steps // 5),
         valid_windows=1024 if not args.tiny else 64, valid_length=None, eval_batch_rows=256,
-        compile=args.run_compile,
+        compile=args.run_compile, precision=TRAIN_VARIANTS[args.run_variant][2],
+        dwconv_ln=TRAIN_VARIANTS[args.run_variant][3],
     )
     log = []
     t = time.time()
@@ -364,7 +492,7 @@ def bench_run(c: dict, args, step_seconds: float | None, work: Path) -> dict:
                                  log_metrics=lambda m, step: (log.append({"step": step, **m}),
                                                               print(f"  step {step}: {m}", flush=True)))
     wall = time.time() - t
-    return {"settings": {k: v for k, v in s.__dict__.items()}, "wall_seconds": wall,
+    return {"kind": c["kind"], "settings": {k: v for k, v in s.__dict__.items()}, "wall_seconds": wall,
             "train_nucleotides": metrics["train_nucleotides_this_run"],
             "train_seconds": metrics["train_seconds_this_run"],
             "valid_reconstruction_accuracy": metrics["valid_reconstruction_accuracy"],
@@ -434,7 +562,7 @@ def make_data(out: Path, window: int = 512) -> None:
 # rough seconds on an H100/H200 (compilation included), to skip what would not fit
 ENCODE_COST_S = {"fast": 25, "fast_bf16dist": 8, "fast_erf": 8, "fast_eager": 6, "eager": 8, "fast_fp32stream": 10,
                  "compiled": 45, "compiled_bf16": 45}
-TRAIN_COST_S = {"vq_compiled": 55, "vq_autotune": 200, "vq_eager": 12, "hrq_compiled": 55}
+TRAIN_COST_S = {"vq_autotune": 200, "vq_eager": 12}  # others ~55
 
 
 def main() -> int:
@@ -496,36 +624,53 @@ def main() -> int:
     save()
 
     def train_phase(name: str) -> None:
-        kind, mode = TRAIN_VARIANTS[name]
+        variant = TRAIN_VARIANTS[name]
         try:
-            row = bench_train_step(configs[kind], args.train_batch, args.train_len, device, args.reps, mode,
-                                   flops[kind], peak)
+            row = bench_train_step(configs[variant[0]], args.train_batch, args.train_len, device, args.reps, variant,
+                                   flops[variant[0]], peak, args.profile_steps)
             row["vs_plain_matmul"] = row["tflops"] / matmul
             result["train_step"][name] = row
         except Exception as exc:  # noqa: BLE001 - a failed variant must not lose the others
             record_error(f"train:{name}", exc)
+        torch._dynamo.reset()  # drop this variant's graphs (memory, cache limit)
+        if device == "cuda":
+            torch.cuda.empty_cache()
         result["phases_done"].append(f"train:{name}")
         save()
 
-    # 2. the training step the target is about
-    if train_variants and fits(train_variants[0], TRAIN_COST_S.get(train_variants[0], 55) + run_cost + 30):
-        train_phase(train_variants[0])
+    # 2. the training steps the target is about
+    for name in train_variants:
+        if fits(name, TRAIN_COST_S.get(name, 55)):
+            train_phase(name)
 
-    # 3. bench-size training run -> a trained VQ for the agreement checks
+    # 2b. one block's forward+backward per implementation, and the quantizer
+    if args.train_passes and fits("train_passes", 45):
+        try:
+            result["train_passes"] = train_passes(configs["vq"], args.train_batch, args.train_len, device, args.reps)
+        except Exception as exc:  # noqa: BLE001
+            record_error("train_passes", exc)
+        torch._dynamo.reset()
+        result["phases_done"].append("train_passes")
+        save()
+
+    # 3. bench-size training run -> a trained model of --run-kind for the encode checks
     trained = None
-    step_s = next((r["seconds_per_step"] for r in result["train_step"].values() if r["kind"] == "vq"), None)
+    step_s = next((r["seconds_per_step"] for r in result["train_step"].values()
+                   if r["kind"] == args.run_kind and r["precision"] == TRAIN_VARIANTS[args.run_variant][2]
+                   and r["dwconv_ln"] == TRAIN_VARIANTS[args.run_variant][3]), None)
     if not args.run_compile:
         step_s = None  # eager run: its own (slower) step
-    if fits("run", run_cost + 30):
+    if not args.skip_run and fits("run", run_cost + 30):
         with tempfile.TemporaryDirectory() as work:
             try:
-                result["run"] = bench_run(configs["vq"], args, step_s, Path(work))
+                result["run"] = bench_run(configs[args.run_kind], args, step_s, Path(work))
                 trained = VQTokenizer.from_pretrained(Path(work) / "tok", device=device).model
             except Exception as exc:  # noqa: BLE001
                 record_error("run", exc)
         # the training loop switches deterministic algorithms on for the process: off again for timing
         torch.use_deterministic_algorithms(False)
         torch.backends.cudnn.benchmark = device == "cuda"
+        torch._dynamo.reset()
         result["phases_done"].append("run")
         save()
 
@@ -541,7 +686,7 @@ def main() -> int:
                 continue
             try:
                 if kind not in models:
-                    models[kind] = trained if (kind == "vq" and trained is not None) else \
+                    models[kind] = trained if (kind == args.run_kind and trained is not None) else \
                         kmeans_model(configs[kind], args, device)
                     result["encode"][kind] = {"model": "trained (phase 3)" if models[kind] is trained else
                                               "random weights, codebooks k-means-initialised on real DNA latents"}
@@ -568,10 +713,6 @@ def main() -> int:
             record_error("stage_times", exc)
         save()
 
-    # 5. the other training variants, as time allows
-    for name in train_variants[1:]:
-        if fits(name, TRAIN_COST_S.get(name, 75)):
-            train_phase(name)
     from vqdna.tokenizers import fast_encode
 
     result["fast_paths"] = dict(fast_encode.PATHS)
@@ -593,13 +734,15 @@ def main() -> int:
                       f"{r['tflops']:.1f} | {(r['mfu'] or 0) * 100:.1f}% | {r['tflops'] / matmul * 100:.0f}% | "
                       f"{ag['share_equal_all_levels'] * 100:.3f}% | {ag['reconstruction_variant_codes'] * 100:.2f}% |")
     for name, r in result["train_step"].items():
-        print(f"| train step | {name} | {r['batch']}x{r['length']} | {r['nt_per_s'] / 1e6:.2f} | {r['tflops']:.1f} | "
+        print(f"| train step {r['kind']} | {name} ({r['precision']}, {r['dwconv_ln']}) | {r['batch']}x{r['length']} | "
+              f"{r['nt_per_s'] / 1e6:.2f} | {r['tflops']:.1f} | "
               f"{(r['mfu'] or 0) * 100:.1f}% | {r['vs_plain_matmul'] * 100:.1f}% | | |")
     print(f"| plain bf16 matmul (model shapes) | | | | {matmul:.1f} | "
           f"{(matmul * 1e12 / peak * 100) if peak else 0:.1f}% | 100% | | |")
     if "run" in result:
         r = result["run"]
-        print(f"\nbench run: {r['settings']['max_steps']} steps x {r['settings']['batch_size']} windows "
+        print(f"\nbench run ({r['kind']}, {r['settings']['precision']}, {r['settings']['dwconv_ln']}): "
+              f"{r['settings']['max_steps']} steps x {r['settings']['batch_size']} windows "
               f"({r['train_nucleotides'] / 1e9:.2f} G nt, {r['train_seconds']:.0f} s): held-out reconstruction "
               f"{r['valid_reconstruction_accuracy'] * 100:.2f}% on {r['valid_nucleotides']} nt, usage "
               f"{r['usage_pct']}%, perplexity {[round(p, 1) for p in r['perplexity']]}")

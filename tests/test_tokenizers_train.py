@@ -110,6 +110,29 @@ def test_resume_after_kill_gives_the_same_weights(shards, tmp_path):
         assert torch.equal(a[key], b[key]), key
 
 
+def test_resume_with_bf16_weights_restores_the_fp32_masters(shards, tmp_path):
+    """precision: bf16_weights (+ the fused conv+norm): the checkpoint carries the fp32 masters, so a
+    resumed run ends with the same fp32 weights as an uninterrupted one, and those are what is saved."""
+    from safetensors.torch import load_file
+
+    s = settings(batch_size=8, max_steps=8, warmup_steps=2, seq_len_warmup=32, seq_len=32, restart_every=3,
+                 checkpoint_every=4, log_every=4, valid_windows=8, precision="bf16_weights", dwconv_ln="fused")
+    cfg = tiny_model("vq")
+    common = dict(seed=4, device="cpu", progress=False)
+    train_vq_tokenizer(cfg, s, shards, tmp_path / "straight", work_dir=tmp_path / "w1", **common)
+    with pytest.raises(SimulatedKill):
+        train_vq_tokenizer(cfg, s, shards, tmp_path / "resumed", work_dir=tmp_path / "w2", stop_at_step=6, **common)
+    train_vq_tokenizer(cfg, s, shards, tmp_path / "resumed", work_dir=tmp_path / "w2", **common)
+    a = load_file(tmp_path / "straight" / "model.safetensors")
+    b = load_file(tmp_path / "resumed" / "model.safetensors")
+    assert a["encoder.blocks.0.fc1.weight"].dtype == torch.float32
+    # the masters moved off the bf16 grid: the saved weights are not bf16 values
+    w = a["encoder.blocks.0.fc1.weight"]
+    assert not torch.equal(w, w.bfloat16().float())
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
 @pytest.mark.parametrize("kind", ["vq", "hrq"])
 def test_trained_tiny_tokenizer_reconstructs_held_out_dna(shards, tmp_path, kind):
     s = settings(max_steps=80, warmup_steps=20, restart_every=20, valid_windows=64)

@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .dwconv_ln import dwconv_layer_norm
+
 
 class ConvNeXtBlock1d(nn.Module):
     """Depth-wise conv (k=7) -> LayerNorm -> Linear(C, r·C) -> GELU -> Linear(r·C, C), residual.
@@ -22,7 +24,9 @@ class ConvNeXtBlock1d(nn.Module):
     The depth-wise layer has two implementations of the same function (same parameters):
     cuDNN/ATen convolution on `[B, C, L]` (two transposes around it), or a sum of k shifted
     channels-last products that torch.compile fuses with the LayerNorm into one memory pass.
-    `depthwise_impl`: "auto" (shifted sum while compiling, convolution in eager mode), "conv", "shift".
+    `depthwise_impl`: "auto" (shifted sum while compiling, convolution in eager mode), "conv", "shift",
+    or "fused": conv and LayerNorm as one autograd function with a hand-written backward that saves
+    no conv output (`dwconv_ln.py`; the `tokenizers.training.dwconv_ln: fused` training path).
     """
 
     depthwise_impl = "auto"
@@ -38,27 +42,39 @@ class ConvNeXtBlock1d(nn.Module):
         # ConvNeXt layer scale: each block starts close to the identity
         self.gamma = nn.Parameter(torch.full((dim,), float(layer_scale_init))) if layer_scale_init > 0 else None
 
+    def taps(self) -> torch.Tensor:
+        """The depth-wise weights as `[k, C]` taps: y[l] = b + Σ_j w[j]·x[l − k//2 + j].
+
+        conv1d is exactly that; the stride-1 transposed conv is the same with the taps reversed."""
+        weight = self.dwconv.weight[:, 0, :]
+        if isinstance(self.dwconv, nn.ConvTranspose1d):
+            weight = weight.flip(-1)
+        return weight.t()
+
     def depthwise(self, x: torch.Tensor) -> torch.Tensor:  # [B, L, C] -> [B, L, C]
         impl = self.depthwise_impl
         if impl == "auto":
             impl = "shift" if torch.compiler.is_compiling() else "conv"
         if impl == "conv":
             return self.dwconv(x.transpose(1, 2)).transpose(1, 2)
-        # conv1d: y[l] = sum_j w[j]·x[l−p+j]; the stride-1 transposed conv is the same with w flipped
-        weight = self.dwconv.weight[:, 0, :]
-        if isinstance(self.dwconv, nn.ConvTranspose1d):
-            weight = weight.flip(-1)
-        k = weight.shape[-1]
+        weight = self.taps()
+        k = weight.shape[0]
         length = x.shape[1]
         padded = F.pad(x, (0, 0, k // 2, k // 2))
         y = self.dwconv.bias
         for j in range(k):  # k = 7 taps, not a loop over positions
-            y = y + padded[:, j:j + length, :] * weight[:, j]
+            y = y + padded[:, j:j + length, :] * weight[j]
         return y
 
+    def conv_norm(self, x: torch.Tensor) -> torch.Tensor:
+        """LayerNorm(depth-wise conv(x)), the first half of the block."""
+        if self.depthwise_impl == "fused":
+            return dwconv_layer_norm(x, self.taps(), self.dwconv.bias, self.norm.weight, self.norm.bias,
+                                     self.norm.eps)
+        return self.norm(self.depthwise(x))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, L, C]
-        y = self.depthwise(x)
-        y = self.fc2(F.gelu(self.fc1(self.norm(y))))
+        y = self.fc2(F.gelu(self.fc1(self.conv_norm(x))))
         if self.gamma is not None:
             y = y * self.gamma
         return x + y

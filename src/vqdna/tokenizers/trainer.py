@@ -3,7 +3,8 @@
 - streams windows from the train shards (`ShardStream`), random crops of the scheduled length
   (`seq_len_warmup` during warm-up, then `seq_len`);
 - AdamW(β1, β2, wd) (fused on CUDA), linear warm-up then cosine decay, gradient clipping,
-  bf16 autocast on CUDA; codebooks by EMA inside the forward pass;
+  bf16 autocast on CUDA, or bf16 weights with fp32 master AdamW (`precision`, see `train_path.py`);
+  codebooks by EMA inside the forward pass;
 - codebook initialisation from the first batch (k-means), optional k-means re-initialisation
   once after warm-up (paper: HRQ), dead-code restarts every `restart_every` steps;
 - DDP under torchrun: each rank takes its slice of the global batch, codebook statistics are
@@ -32,6 +33,7 @@ from .data import ShardStream, random_crops
 from .evaluate import evaluate_tokenizer
 from .model import VQModelConfig, VQVAE
 from .quantizer import usage_and_perplexity
+from .train_path import StepOptimizer, autocast as step_autocast, cast_weights, check, set_dwconv_ln
 from .vq import VQTokenizer
 
 log = logging.getLogger(__name__)
@@ -69,6 +71,11 @@ class TrainSettings:
     eval_batch_rows: int
     compile: bool = False
     compile_mode: str = "default"
+    precision: str = "autocast"      # autocast | bf16_weights (train_path.py)
+    dwconv_ln: str = "autograd"      # autograd | fused (dwconv_ln.py)
+
+    def __post_init__(self):
+        check(self.precision, self.dwconv_ln)
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainSettings":
@@ -120,13 +127,6 @@ class _Dist:
         return self.rank == 0
 
 
-def _param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    # no decay on norms, biases and layer scales (1-D tensors), as usual for ConvNeXt/AdamW
-    decay = [p for p in model.parameters() if p.ndim > 1]
-    no_decay = [p for p in model.parameters() if p.ndim <= 1]
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
 def valid_windows(shards_dir: Path, s: TrainSettings) -> np.ndarray:
     """The first `valid_windows` windows of the valid split (fixed, so runs compare), cut to `valid_length`."""
     rows, have = [], 0
@@ -169,13 +169,15 @@ def train_vq_tokenizer(
     seed_everything(seed)
     model = VQVAE(model_cfg).to(dev)
     fused = dev.type == "cuda"
+    set_dwconv_ln(model, settings.dwconv_ln)
+    cast_weights(model, settings.precision)
     if settings.compile and fused:
         # in place (state_dict keys unchanged); the quantizer stays eager (data-dependent EMA updates)
         mode = None if settings.compile_mode == "default" else settings.compile_mode
         model.encoder.compile(mode=mode)
         model.decoder.compile(mode=mode)
-    optimizer = torch.optim.AdamW(_param_groups(model, settings.weight_decay), lr=settings.lr,
-                                  betas=settings.betas, fused=fused)
+    optimizer = StepOptimizer(model, settings.precision, lr=settings.lr, betas=settings.betas,
+                              weight_decay=settings.weight_decay, fused=fused)
     train_model: torch.nn.Module = model
     if dist_info.world > 1:
         from torch.nn.parallel import DistributedDataParallel
@@ -189,8 +191,9 @@ def train_vq_tokenizer(
     ckpt_path = work_dir / CHECKPOINT
     state = torch.load(ckpt_path, map_location="cpu", weights_only=False) if ckpt_path.exists() else None
     if state is not None and (state.get("model_config") != model_cfg.to_dict()
-                              or state.get("batch_size", settings.batch_size) != settings.batch_size):
-        log.warning("%s was written for another model or batch size; starting over", ckpt_path)
+                              or state.get("batch_size", settings.batch_size) != settings.batch_size
+                              or state.get("precision", "autocast") != settings.precision):
+        log.warning("%s was written for another model, batch size or precision; starting over", ckpt_path)
         state = None
     if state is not None:
         model.load_state_dict(state["model"])
@@ -211,11 +214,12 @@ def train_vq_tokenizer(
             "quant_rng": quant_gen.get_state(), "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state(dev) if dev.type == "cuda" else None, "step": step,
             "model_config": model_cfg.to_dict(), "batch_size": settings.batch_size,
+            "precision": settings.precision,
         }
         with atomic_path(ckpt_path) as tmp:
             torch.save(state, tmp)
 
-    autocast = torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda")
+    autocast = step_autocast(dev, settings.precision)
     t0, nt_seen, nt_since_log, t_log = time.time(), 0, 0, time.time()
     last: dict = {}
     bar = tqdm(total=settings.max_steps, initial=step, disable=not (progress and dist_info.main),
@@ -246,10 +250,8 @@ def train_vq_tokenizer(
         with autocast:
             out = train_model(x, update_codebooks=True)
         out["loss"].backward()
-        if settings.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+        optimizer.step(settings.grad_clip)
+        optimizer.zero_grad()
         restarted = None
         if settings.restart_every > 0 and (step + 1) % settings.restart_every == 0:
             restarted = model.quantizer.restart_dead([z.detach() for z in out["latents"]], quant_gen)
@@ -284,6 +286,7 @@ def train_vq_tokenizer(
     train_seconds = time.time() - t0
 
     metrics: dict = {}
+    optimizer.restore_fp32()  # evaluate and save the exact fp32 weights (bf16_weights)
     if dist_info.main:
         tok = VQTokenizer(model)
         metrics = evaluate_tokenizer(tok, valid_windows(shards_dir, settings), settings.eval_batch_rows)

@@ -1,0 +1,78 @@
+"""Depth-wise convolution (odd k, stride 1, zero padding) followed by LayerNorm, as one autograd
+function with a hand-written backward (`tokenizers.training.dwconv_ln: fused`).
+
+Why: in a ConvNeXt block the conv output `c` only feeds the LayerNorm. Autograd of the two ops
+saves `c` (an fp32 `[B, L, D]` tensor per block) for the norm's backward and runs the conv's
+backward as separate reductions. Here the forward keeps only the per-position mean and 1/std
+(8 bytes per position), and the backward recomputes `c` from the block input, which the
+residual connection keeps alive anyway. Under torch.compile the forward is one pass (shifted
+sum + norm) and the backward is: recompute `c` + LayerNorm backward (row reductions) + the
+parameter-gradient column sums, then the input gradient as a shifted sum of dc with the taps
+reversed. Same function as `LayerNorm(Conv1d(x))`: the tests compare values and gradients in
+fp32 on the CPU.
+
+Channels-last layout throughout: x `[B, L, D]`, taps `w [k, D]` (w[j] multiplies x[l − k//2 + j]).
+Arithmetic is fp32 inside; outputs and gradients take the dtype of their inputs (bf16 weights
+and activations stay bf16 between passes).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _up(t: torch.Tensor) -> torch.Tensor:
+    """At least fp32 (bf16 -> fp32; float64 stays float64, for the gradient check)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def _conv(xf: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """c[:, l] = b + Σ_j x[:, l − k//2 + j] · w[j] (zeros outside), fp32 in and out."""
+    k, length = w.shape[0], xf.shape[1]
+    xp = F.pad(xf, (0, 0, k // 2, k // 2))
+    c = b
+    for j in range(k):  # k taps, not a loop over positions
+        c = c + xp[:, j:j + length] * w[j]
+    return c
+
+
+class DwConvLayerNorm(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, w, b, ln_w, ln_b, eps: float):
+        wf, bf, lnw = _up(w), _up(b), _up(ln_w)
+        c = _conv(_up(x), wf, bf)
+        var, mean = torch.var_mean(c, dim=-1, correction=0, keepdim=True)
+        rstd = torch.rsqrt(var + eps)
+        y = (c - mean) * rstd * lnw + _up(ln_b)
+        ctx.save_for_backward(x, w, b, ln_w, mean, rstd)
+        return y.to(x.dtype)
+
+    @staticmethod
+    def backward(ctx, dy):
+        x, w, b, ln_w, mean, rstd = ctx.saved_tensors
+        k, length = w.shape[0], x.shape[1]
+        wf = _up(w)
+        xf = _up(x)
+        c = _conv(xf, wf, _up(b))  # recomputed: nothing of size [B, L, D] was saved
+        xhat = (c - mean) * rstd
+        g = _up(dy)
+        reduce_dims = tuple(range(g.dim() - 1))
+        d_ln_w = (g * xhat).sum(reduce_dims)
+        d_ln_b = g.sum(reduce_dims)
+        gx = g * _up(ln_w)
+        dc = rstd * (gx - gx.mean(-1, keepdim=True) - xhat * (gx * xhat).mean(-1, keepdim=True))
+        d_b = dc.sum(reduce_dims)
+        xp = F.pad(xf, (0, 0, k // 2, k // 2))
+        d_w = torch.stack([(dc * xp[:, j:j + length]).sum(reduce_dims) for j in range(k)])
+        # dx[m] = Σ_j dc[m + k//2 − j] · w[j]: the same shifted sum with the taps reversed
+        dx = _conv(dc, wf.flip(0), torch.zeros((), device=dc.device, dtype=dc.dtype))
+        return dx.to(x.dtype), d_w.to(w.dtype), d_b.to(b.dtype), d_ln_w.to(ln_w.dtype), d_ln_b.to(ln_w.dtype), None
+
+
+def dwconv_layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor,
+                      eps: float) -> torch.Tensor:
+    """LayerNorm(depth-wise conv(x)) for x `[B, L, D]`, taps `w [k, D]` (k odd), biases `[D]`."""
+    if w.shape[0] % 2 != 1:
+        raise ValueError(f"depth-wise kernel size must be odd to keep the length, not {w.shape[0]}")
+    return DwConvLayerNorm.apply(x, w, b, ln_w, ln_b, eps)
