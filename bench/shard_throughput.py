@@ -37,6 +37,7 @@ SHARDS_CFG = {
     "window": 512, "stride": 512, "num_shards": {"train": 16, "valid": 1}, "n_split_min_run": 1,
     "iupac_policy": "drop", "shuffle": True, "fasta_reader": "fast", "genbank_warnings": "log",
     "batch_mbases": 16, "split": {"by": "block", "block_size": 1_000_000, "valid_fraction": 0.05, "seed": 0},
+    "threads": 2,  # the schema default (shards.threads); --threads changes it
 }
 
 
@@ -66,12 +67,13 @@ def shard(path: Path, work: Path, scfg: dict, steps: dict | None = None, cpu_ste
         steps[name], cpu_steps[name] = time.perf_counter() - t, time.process_time() - c
         return out
 
+    threads = scfg["threads"]
     step("prepare", lambda: prepare_genome(
         path, row.accession, WindowParams.from_config(scfg), seq_out=seq, index_out=idx,
-        fasta_reader=scfg["fasta_reader"], batch_bases=int(scfg["batch_mbases"] * 1e6)))
+        fasta_reader=scfg["fasta_reader"], batch_bases=int(scfg["batch_mbases"] * 1e6), threads=threads))
     plan = step("plan", lambda: build_plan([row], work / "prep", scfg))
-    step("write", lambda: write_all(plan, work))
-    return step("manifest", lambda: build_manifest(plan, work, scfg))
+    checksums = step("write", lambda: write_all(plan, work, threads=threads))
+    return step("manifest", lambda: build_manifest(plan, work, scfg, checksums, threads=threads))
 
 
 CPU_TIMES: dict = {}  # label -> best process CPU seconds (robust on a shared, loaded machine)

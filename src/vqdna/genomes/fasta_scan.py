@@ -2,14 +2,17 @@
 
 Reads a (gzipped) FASTA file in chunks of whole lines and, per chunk, with a handful of passes
 over the buffer instead of one Python object per record:
-  * header lines found with numpy (`>` at a line start), record ids cut from them (one decode per chunk);
-  * the bodies joined without their headers, then one `bytes.translate` that drops the newlines,
-    upper-cases A/C/G/T/N, and maps other IUPAC codes to lower case and every other byte to
-    0xFF, so that one `max()` tells whether anything but A/C/G/T/N is there at all;
+  * header lines found with `bytes.find` (`>` at a line start), record ids cut from them (one
+    decode per chunk);
+  * each record body through `bytes.translate`, which drops the newlines (what comes out is
+    the body's base count), upper-cases A/C/G/T/N, and maps other IUPAC codes to lower case and
+    every other byte to 0xFF; the bodies joined, one `max()` tells whether anything but
+    A/C/G/T/N is there at all;
   * N and IUPAC positions (numpy) only in chunks that hold any; the bases go straight to the
     `.seq` file (IUPAC codes in lower case until the caller settles them: `settle_iupac`).
 It returns what the window step needs: record ids and lengths, N runs and IUPAC positions in
-`.seq` coordinates.
+`.seq` coordinates. With `threads` >= 2 (`shards.threads`) a second thread decompresses the
+next blocks while this one scans; the blocks, and so the result, are the same.
 
 Anything unusual - a byte that is no nucleotide code, whitespace other than `\\n` (CRLF files),
 an empty record or header, a corrupt gzip - raises `NotPlain`, and the caller runs the general
@@ -20,9 +23,13 @@ paths write identical prepared files and shards.
 
 from __future__ import annotations
 
+import queue
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
+from itertools import accumulate
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -35,6 +42,8 @@ from .windows import _COMPATIBLE, _runs
 # input, by a few per cent.
 SCAN_CHUNK = 1 << 19
 _NEWLINE, _GT, _T, _BAD = 10, 62, ord("T"), 0xFF
+# Blocks the read-ahead thread may hold decoded before the scan takes them (memory: 2 MiB)
+READ_AHEAD = 4
 # ASCII bytes that str.split() takes for whitespace and bytes.split() does not
 _STR_ONLY_SPACE = (b"\x1c", b"\x1d", b"\x1e", b"\x1f")
 
@@ -65,16 +74,84 @@ class ScanResult:
     n_bases: int
 
 
-def _chunks(fh: BinaryIO):
-    """(buffer, end, at_line_start): process buffer[:end]; a header line is never cut in two (an
-    unfinished last line that starts with '>' waits for the next read)."""
-    carry = b""
-    at_line_start = True
+def _read_blocks(fh: BinaryIO) -> Iterator[bytes]:
+    """`fh.read(SCAN_CHUNK)` until (and including) the empty read at the end."""
     while True:
         try:
             data = fh.read(SCAN_CHUNK)
         except GZIP_ERRORS:
             raise NotPlain("gzip") from None
+        yield data
+        if not data:
+            return
+
+
+class _ReadAhead:
+    """The same blocks as `_read_blocks`, read by a background thread up to `depth` blocks ahead.
+
+    Inflating (ISA-L, zlib) and file reads release the GIL, so on a second core the next blocks
+    are decompressed while the caller scans this one. A read error reaches the caller at the
+    block where it happened, as in `_read_blocks`. `close()` stops the thread; call it before
+    closing `fh` (the `with` in `scan_fasta` does)."""
+
+    def __init__(self, fh: BinaryIO, depth: int):
+        self._queue: queue.Queue = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(fh,), name="vqdna-read-ahead", daemon=True)
+        self._thread.start()
+
+    def _run(self, fh: BinaryIO) -> None:
+        try:
+            while not self._stop.is_set():
+                data = fh.read(SCAN_CHUNK)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # handed to the caller, raised there
+            self._put(exc)
+
+    def _put(self, item) -> None:
+        while not self._stop.is_set():  # the caller may stop reading at any block (NotPlain)
+            try:
+                self._queue.put(item, timeout=0.05)
+                return
+            except queue.Full:
+                pass
+
+    def __iter__(self) -> Iterator[bytes]:
+        while True:
+            item = self._queue.get()
+            if isinstance(item, GZIP_ERRORS):
+                raise NotPlain("gzip") from None
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+            if not item:
+                return
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@contextmanager
+def _blocks(fh: BinaryIO, threads: int):
+    if threads <= 1:
+        yield _read_blocks(fh)
+        return
+    ahead = _ReadAhead(fh, READ_AHEAD)
+    try:
+        yield iter(ahead)
+    finally:
+        ahead.close()
+
+
+def _chunks(blocks: Iterable[bytes]):
+    """(buffer, end, at_line_start): process buffer[:end]; a header line is never cut in two (an
+    unfinished last line that starts with '>' waits for the next read)."""
+    carry = b""
+    at_line_start = True
+    for data in blocks:
         eof = not data
         if carry:
             data, carry = carry + data, b""
@@ -92,9 +169,10 @@ def _chunks(fh: BinaryIO):
             return
 
 
-def _record_ids(mv: memoryview, starts: np.ndarray, ends: np.ndarray) -> list[str]:
-    """First word of each header line (after its '>'), as `readers` names records."""
-    text = b"\n".join([mv[g + 1:h] for g, h in zip(starts.tolist(), ends.tolist())])
+def _record_ids(mv: memoryview, starts: Sequence[int], ends: Sequence[int]) -> list[str]:
+    """First word of each header line (after its '>' at `starts`, up to its newline at `ends`),
+    as `readers` names records."""
+    text = b"\n".join([mv[g + 1:h] for g, h in zip(starts, ends)])
     try:
         if any(c in text for c in _STR_ONLY_SPACE):
             return [line.split(None, 1)[0].decode("ascii", errors="replace") for line in text.split(b"\n")]
@@ -104,8 +182,9 @@ def _record_ids(mv: memoryview, starts: np.ndarray, ends: np.ndarray) -> list[st
         raise NotPlain("header without a name") from None
 
 
-def scan_fasta(path: str | Path, out: BinaryIO, progress=None) -> ScanResult:
-    """Write the clean upper-case bases of every record of `path` to `out`; see the module doc."""
+def scan_fasta(path: str | Path, out: BinaryIO, progress=None, threads: int = 1) -> ScanResult:
+    """Write the clean upper-case bases of every record of `path` to `out`; see the module doc.
+    `threads` >= 2: decompress ahead in a second thread (`_ReadAhead`); the result is the same."""
     ids: list[str] = []
     lengths: list[int] = []
     n_runs: list[tuple[np.ndarray, np.ndarray]] = []
@@ -113,8 +192,8 @@ def scan_fasta(path: str | Path, out: BinaryIO, progress=None) -> ScanResult:
     written = 0        # bases written so far (.seq offset)
     current = -1       # index of the record whose body is being read
     current_start = 0  # its .seq offset
-    with open_binary(path) as fh:
-        for chunk, end, at_line_start in _chunks(fh):
+    with open_binary(path) as fh, _blocks(fh, threads) as blocks:
+        for chunk, end, at_line_start in _chunks(blocks):
             if current < 0:
                 chunk = chunk[:end].lstrip(b"\r\n\t ")
                 end, at_line_start = len(chunk), True
@@ -122,42 +201,39 @@ def scan_fasta(path: str | Path, out: BinaryIO, progress=None) -> ScanResult:
                     continue
                 if not chunk.startswith(b">"):
                     raise NotPlain("no header first")
-            arr = np.frombuffer(chunk, dtype=np.uint8, count=end)
             starts_here: list[int] = []  # .seq offsets of records starting in this chunk
-            gt = nl = None
-            if chunk.find(b">", 0, end) >= 0:
-                # header lines: '>' at a line start. A '>' inside a sequence line stays in the
-                # bases and is refused below as no nucleotide code.
-                nl = np.flatnonzero(arr == _NEWLINE)
-                line_starts = nl[:-1] + 1 if nl.size and nl[-1] == end - 1 else nl + 1
-                gt = line_starts[arr[line_starts] == _GT]
-                if at_line_start and arr[0] == _GT:
-                    gt = np.concatenate(([0], gt))
-            if gt is not None and gt.size:
-                at = np.searchsorted(nl, gt)
-                if at[-1] >= nl.size:
-                    raise NotPlain("header without a sequence at the end")
-                he = nl[at]  # each header line's newline
-                bodies = np.empty(gt.size + 1, dtype=np.int64)  # body starts; [0]: before the 1st header
-                ends = np.empty(gt.size + 1, dtype=np.int64)
-                bodies[0], bodies[1:] = 0, he + 1
-                ends[:-1], ends[-1] = gt, end
-                # bases per body = its bytes minus its newlines
-                nls = np.searchsorted(nl, ends) - np.searchsorted(nl, bodies)
-                sizes = (ends - bodies) - nls
-                mv = memoryview(chunk)
-                body = b"".join([mv[a:b] for a, b in zip(bodies.tolist(), ends.tolist()) if b > a])
-                ids.extend(_record_ids(mv, gt, he))
+            # header lines: '>' at a line start, and the newline that ends each, with bytes.find
+            # (memchr: no pass over the chunk for its newlines). A '>' inside a sequence line
+            # stays in the bases and is refused below as no nucleotide code.
+            heads: list[int] = []
+            head_ends: list[int] = []
+            g = chunk.find(b">", 0, end)
+            while g >= 0:
+                if (chunk[g - 1] == _NEWLINE) if g else at_line_start:
+                    h = chunk.find(b"\n", g, end)
+                    if h < 0:
+                        raise NotPlain("header without a sequence at the end")
+                    heads.append(g)
+                    head_ends.append(h)
+                    g = chunk.find(b">", h, end)
+                else:
+                    g = chunk.find(b">", g + 1, end)
+            if heads:
+                # each body through the translate on its own: the length of what comes out is
+                # its base count (the newlines dropped), so no newline is ever located or counted
+                pieces = [chunk[a:b].translate(SCAN_TABLE, b"\n")
+                          for a, b in zip([0] + [h + 1 for h in head_ends], heads + [end])]
+                sizes = [len(piece) for piece in pieces]
+                seq = b"".join(pieces)
+                ids.extend(_record_ids(memoryview(chunk), heads, head_ends))
                 if current >= 0:
-                    lengths.append(written - current_start + int(sizes[0]))
-                offs = written + np.cumsum(sizes)[:-1]
-                lengths.extend(sizes[1:-1].tolist())
-                starts_here = offs.tolist()
-                current += gt.size
+                    lengths.append(written - current_start + sizes[0])
+                starts_here = list(accumulate(sizes[:-1], initial=written))[1:]
+                lengths.extend(sizes[1:-1])
+                current += len(heads)
                 current_start = starts_here[-1]
             else:
-                body = chunk if end == len(chunk) else chunk[:end]
-            seq = body.translate(SCAN_TABLE, b"\n")
+                seq = (chunk if end == len(chunk) else chunk[:end]).translate(SCAN_TABLE, b"\n")
             bases = np.frombuffer(seq, dtype=np.uint8)
             if bases.size and bases.max() > _T:
                 if b"\xff" in seq:

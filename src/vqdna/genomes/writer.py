@@ -18,8 +18,10 @@ def shard_path(shards_dir: str | Path, split: str, index: int) -> Path:
 
 
 def write_shard(plan: dict, split: str, index: int, out: str | Path, order: np.ndarray | None = None,
-                cache: dict | None = None) -> int:
-    """Write shard `split/index` of `plan` to `out`; return its row count."""
+                cache: dict | None = None, hasher=None) -> int:
+    """Write shard `split/index` of `plan` to `out`; return its row count. `hasher` (a hashlib
+    object), if given, sees every byte written: the manifest's sha256 without reading the file
+    back. `cache` may be shared by threads writing other shards once `fill_cache` filled it."""
     window = plan["window"]
     rows = shard_rows(plan, split, index, order)
     split_code = SPLITS.index(split)
@@ -36,16 +38,8 @@ def write_shard(plan: dict, split: str, index: int, out: str | Path, order: np.n
     record_tables, first_record = [], 0
     cache = {} if cache is None else cache
     for g in genomes:
-        info = plan["genomes"][g]
-        if g not in cache:
-            prepared = load_prepared(info["index"])
-            size = Path(info["seq"]).stat().st_size
-            seq = np.memmap(info["seq"], dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
-            cache[g] = (prepared, seq, pa.array(prepared.record_ids, pa.string()))
-        prepared, seq, record_ids = cache[g]
-        if (g, split_code) not in cache:  # write_all keeps one cache for both splits
-            cache[g, split_code] = np.flatnonzero(prepared.split == split_code)
-        in_split = cache[g, split_code]
+        prepared, seq, record_ids = _cached(plan, g, cache)
+        in_split = _cached_split(g, split_code, prepared, cache)
         mask = whole if whole is not None else genome_of == g
         local = in_split[rows[mask] - bounds[g]]
         views = np.lib.stride_tricks.sliding_window_view(seq, window)
@@ -76,9 +70,66 @@ def write_shard(plan: dict, split: str, index: int, out: str | Path, order: np.n
         [sequence, accession_col, species_col, record_id, pa.array(start, pa.int64())],
         schema=schema)
     with atomic_path(out) as tmp:
-        with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
-            writer.write_table(table)
+        if hasher is None:
+            with pa.OSFile(str(tmp), "wb") as sink, pa.ipc.new_file(sink, schema) as writer:
+                writer.write_table(table)
+        else:
+            with open(tmp, "wb") as fh, pa.PythonFile(_HashingFile(fh, hasher), mode="w") as sink, \
+                    pa.ipc.new_file(sink, schema) as writer:
+                writer.write_table(table)
     return len(rows)
+
+
+def fill_cache(plan: dict, cache: dict) -> None:
+    """Load every genome of `plan` into `cache` (both splits), so that threads only read it."""
+    for g in range(len(plan["genomes"])):
+        prepared = _cached(plan, g, cache)[0]
+        for split_code in range(len(SPLITS)):
+            _cached_split(g, split_code, prepared, cache)
+
+
+def _cached(plan: dict, g: int, cache: dict):
+    if g not in cache:
+        info = plan["genomes"][g]
+        prepared = load_prepared(info["index"])
+        size = Path(info["seq"]).stat().st_size
+        seq = np.memmap(info["seq"], dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        cache[g] = (prepared, seq, pa.array(prepared.record_ids, pa.string()))
+    return cache[g]
+
+
+def _cached_split(g: int, split_code: int, prepared, cache: dict) -> np.ndarray:
+    if (g, split_code) not in cache:  # write_all keeps one cache for both splits
+        cache[g, split_code] = np.flatnonzero(prepared.split == split_code)
+    return cache[g, split_code]
+
+
+class _HashingFile:
+    """A binary file for `pa.PythonFile` that also feeds what is written into `hasher` (hashlib
+    and file writes release the GIL on large buffers, so other shards' threads keep running)."""
+
+    def __init__(self, fh, hasher):
+        self._fh, self._hasher = fh, hasher
+
+    def write(self, data) -> int:
+        self._hasher.update(data)
+        return self._fh.write(data)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def close(self) -> None:
+        self._fh.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._fh.closed
+
+    def writable(self) -> bool:
+        return True
 
 
 def _repeat(text: str, n: int) -> pa.Array:
