@@ -62,6 +62,9 @@ class DwConvLayerNorm(torch.autograd.Function):
         d_ln_b = g.sum(reduce_dims)
         gx = g * _up(ln_w)
         dc = rstd * (gx - gx.mean(-1, keepdim=True) - xhat * (gx * xhat).mean(-1, keepdim=True))
+        # stored at the activations' precision, as autograd of a bf16 model stores this gradient:
+        # half the bytes for the two passes that read it (a no-op in fp32)
+        dc = _up(dc.to(x.dtype))
         d_b = dc.sum(reduce_dims)
         xp = F.pad(xf, (0, 0, k // 2, k // 2))
         d_w = torch.stack([(dc * xp[:, j:j + length]).sum(reduce_dims) for j in range(k)])
