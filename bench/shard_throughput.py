@@ -1,6 +1,6 @@
 """Sharding throughput vs. the raw speed of reading the same gzip file (CPU).
 
-    python bench/shard_throughput.py [--input FILE.fa.gz] [--repeats 3] [--out bench/results/shard_throughput.json]
+    python bench/shard_throughput.py [--input FILE.fa.gz] [--repeats 3] [--threads 2] [--out bench/results/shard_throughput.json]
 
 Default input: the Drosophila dm3 2 kb-upstream set (52.9 Mbp, 26,454 soft-masked records) from
 the project's shared data. Measured, best of `--repeats`:
@@ -11,9 +11,11 @@ the project's shared data. Measured, best of `--repeats`:
 Both rates are sequence bases per second (FASTA headers and newlines not counted), so
 `ratio = shard / gzip_read` is the fraction of the bare decompression speed that sharding keeps
 (target >= 0.5). Wall and process CPU time are both reported (best of N each), with the load
-average while measuring: on a shared machine CPU time is the steadier of the two. Everything
-runs in one process and one thread. Also reported: the same sharding with the Biopython FASTA
-reader, and the scan and the record-by-record reader alone.
+average while measuring: on a shared machine CPU time is the steadier of the two. One process;
+the main shard row uses `shards.threads` = `--threads` (default 2, the schema default: a
+read-ahead inflate thread, shards written and hashed two at a time), and the same sharding in
+one thread is measured too, as are the Biopython FASTA reader (one thread, one run) and the scan
+and the record-by-record reader alone. Process CPU time counts every thread.
 """
 
 from __future__ import annotations
@@ -100,6 +102,9 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--input", type=Path, default=DEFAULT_INPUT)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=SHARDS_CFG["threads"],
+                    help="shards.threads of the main shard row (default %(default)s, the schema default); "
+                         "one thread is measured too")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "shard_throughput.json")
     args = ap.parse_args(argv)
     if not args.input.exists():
@@ -121,12 +126,16 @@ def main(argv=None) -> int:
     t_scan, _ = timed(scan, args.repeats, "scan")
     t_parse, _ = timed(lambda: sum(len(s) for _, s in iter_records(args.input)), args.repeats, "parse")
 
+    # the main row (threads = --threads), one thread, and the Biopython reader (one run: slow)
+    variants = [("fast", args.threads, args.repeats)]
+    if args.threads != 1:
+        variants.append(("fast", 1, args.repeats))
+    variants.append(("biopython", 1, 1))
     rows = []
     with tempfile.TemporaryDirectory(prefix="vqdna-bench-") as tmp:
-        for reader in ("fast", "biopython"):
-            scfg = copy.deepcopy(SHARDS_CFG)
-            scfg["fasta_reader"] = reader
-            work = Path(tmp) / reader
+        for reader, threads, repeats in variants:
+            scfg = {**copy.deepcopy(SHARDS_CFG), "fasta_reader": reader, "threads": threads}
+            work = Path(tmp) / f"{reader}{threads}"
             best_steps: dict = {}
             best_cpu_steps: dict = {}
 
@@ -139,75 +148,87 @@ def main(argv=None) -> int:
                     best_cpu_steps[name] = min(best_cpu_steps.get(name, float("inf")), cpu_steps[name])
                 return out
 
-            t, manifest = timed(run, args.repeats if reader == "fast" else 1, f"shard_{reader}",
+            t, manifest = timed(run, repeats, f"shard_{reader}_{threads}t",
                                 setup=lambda: shutil.rmtree(work, ignore_errors=True))
-            rows.append({"reader": reader, "seconds": t, "bases_per_s": bases / t,
+            rows.append({"reader": reader, "threads": threads, "seconds": t, "bases_per_s": bases / t,
                          "steps_s": dict(best_steps), "steps_cpu_s": dict(best_cpu_steps),
                          "windows": sum(s["windows"] for s in manifest["splits"].values()),
                          "shards": len(manifest["shards"])})
 
-        # gzip read and shard back to back, N times: both halves of each pair see about the same
-        # load, so the per-pair ratios are steadier than best-of-N wall times taken minutes apart
-        pairs = []
-        work = Path(tmp) / "paired"
-        scfg = copy.deepcopy(SHARDS_CFG)
+        # gzip read and shard back to back, N times: all runs of one round see about the same
+        # load, so the per-round ratios are steadier than best-of-N wall times taken minutes apart
+        counts = [args.threads] + ([1] if args.threads != 1 else [])
+        pairs: dict = {t: [] for t in counts}
         for _ in range(args.repeats):
             t0, c0 = time.perf_counter(), time.process_time()
             gzip_read(args.input)
-            t1, c1 = time.perf_counter(), time.process_time()
-            shutil.rmtree(work, ignore_errors=True)
-            t2, c2 = time.perf_counter(), time.process_time()
-            shard(args.input, work, scfg)
-            t3, c3 = time.perf_counter(), time.process_time()
+            g_wall, g_cpu = time.perf_counter() - t0, time.process_time() - c0
+            for threads in counts:
+                work = Path(tmp) / f"paired{threads}"
+                shutil.rmtree(work, ignore_errors=True)
+                t2, c2 = time.perf_counter(), time.process_time()
+                shard(args.input, work, {**copy.deepcopy(SHARDS_CFG), "threads": threads})
+                wall, cpu = time.perf_counter() - t2, time.process_time() - c2
+                pairs[threads].append({"wall": g_wall / wall, "cpu": g_cpu / cpu, "load_1min": os.getloadavg()[0],
+                                       "gzip_s": g_wall, "shard_s": wall, "shard_cpu_s": cpu})
             LOADS.append(os.getloadavg()[0])
-            pairs.append({"wall": (t1 - t0) / (t3 - t2), "cpu": (c1 - c0) / (c3 - c2)})
 
-    def spread(key):
-        values = sorted(p[key] for p in pairs)
+    def spread(threads, key):
+        values = sorted(p[key] for p in pairs[threads])
         return {"median": values[len(values) // 2], "min": values[0], "max": values[-1]}
 
+    def paired(threads):
+        return {"wall": spread(threads, "wall"), "cpu": spread(threads, "cpu"), "pairs": len(pairs[threads]),
+                "rounds": pairs[threads]}
+
     gzip_rate = bases / t_gzip
+    main_label = f"shard_fast_{args.threads}t"
     result = {
         "input": str(args.input), "input_bytes": args.input.stat().st_size, "decompressed_bytes": decompressed,
-        "bases": bases, "repeats": args.repeats, "shards_config": SHARDS_CFG,
+        "bases": bases, "repeats": args.repeats, "shards_config": {**SHARDS_CFG, "threads": args.threads},
         "gzip_read": {"seconds": t_gzip, "bases_per_s": gzip_rate},
         "isal_read": {"seconds": t_isal, "bases_per_s": bases / t_isal,
                       "note": "the ISA-L inflate the shard readers use (same gzip format)"},
         "scan": {"seconds": t_scan, "bases_per_s": bases / t_scan,
-                 "note": "read + clean with vqdna.genomes.fasta_scan (what prepare uses), bases to /dev/null"},
+                 "note": "read + clean with vqdna.genomes.fasta_scan (what prepare uses), one thread, bases to /dev/null"},
         "fast_reader_parse": {"seconds": t_parse, "bases_per_s": bases / t_parse,
                               "note": "the record-by-record reader (prepare's fallback for unusual input)"},
         "shard": [{**r, "ratio_vs_gzip_read": r["bases_per_s"] / gzip_rate} for r in rows],
         "target_ratio": 0.5,
         "cpu_seconds": dict(CPU_TIMES),
-        "cpu_ratio_shard_fast_vs_gzip_read": CPU_TIMES["gzip_read"] / CPU_TIMES["shard_fast"],
-        "paired_ratio_shard_fast_vs_gzip_read": {"wall": spread("wall"), "cpu": spread("cpu"), "pairs": len(pairs)},
+        "cpu_ratio_shard_fast_vs_gzip_read": CPU_TIMES["gzip_read"] / CPU_TIMES[main_label],
+        "paired_ratio_shard_fast_vs_gzip_read": paired(args.threads),
         "load_average_1min": {"min": min(LOADS), "max": max(LOADS), "cpus": os.cpu_count()},
-        "processes": "one process, one thread",
+        "processes": f"one process; shards.threads = {args.threads} for the main row and its pairs "
+                     "(process CPU time then counts every thread)",
         "machine": {"python": platform.python_version(), "platform": platform.platform(),
                     "processor": platform.processor() or platform.machine()},
     }
+    if args.threads != 1:
+        result["cpu_ratio_shard_fast_1thread_vs_gzip_read"] = CPU_TIMES["gzip_read"] / CPU_TIMES["shard_fast_1t"]
+        result["paired_ratio_shard_fast_1thread_vs_gzip_read"] = paired(1)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
     print(f"input {args.input.name}: {bases / 1e6:.1f} Mbp in {decompressed / 1e6:.1f} MB decompressed, best of {args.repeats}")
-    print(f"{'what':<28}{'seconds':>10}{'Mbp/s':>10}{'x gzip read':>13}")
-    print(f"{'gzip read (python gzip)':<28}{t_gzip:>10.2f}{gzip_rate / 1e6:>10.1f}{1.0:>13.2f}")
-    print(f"{'gzip read (isal igzip)':<28}{t_isal:>10.2f}{bases / t_isal / 1e6:>10.1f}{t_gzip / t_isal:>13.2f}")
-    print(f"{'read + scan (prepare)':<28}{t_scan:>10.2f}{bases / t_scan / 1e6:>10.1f}{t_gzip / t_scan:>13.2f}")
-    print(f"{'read+parse (record reader)':<28}{t_parse:>10.2f}{bases / t_parse / 1e6:>10.1f}{t_gzip / t_parse:>13.2f}")
+    print(f"{'what':<34}{'seconds':>10}{'Mbp/s':>10}{'x gzip read':>13}")
+    print(f"{'gzip read (python gzip)':<34}{t_gzip:>10.2f}{gzip_rate / 1e6:>10.1f}{1.0:>13.2f}")
+    print(f"{'gzip read (isal igzip)':<34}{t_isal:>10.2f}{bases / t_isal / 1e6:>10.1f}{t_gzip / t_isal:>13.2f}")
+    print(f"{'read + scan (prepare), 1 thread':<34}{t_scan:>10.2f}{bases / t_scan / 1e6:>10.1f}{t_gzip / t_scan:>13.2f}")
+    print(f"{'read+parse (record reader)':<34}{t_parse:>10.2f}{bases / t_parse / 1e6:>10.1f}{t_gzip / t_parse:>13.2f}")
     for r in result["shard"]:
-        name = f"shard, {r['reader']} FASTA reader"
-        print(f"{name:<28}{r['seconds']:>10.2f}{r['bases_per_s'] / 1e6:>10.1f}{r['ratio_vs_gzip_read']:>13.2f}")
-    print("process CPU seconds (less sensitive to other load): " + ", ".join(f"{k} {v:.2f}" for k, v in CPU_TIMES.items())
-          + f"; shard/gzip rate ratio on CPU time {result['cpu_ratio_shard_fast_vs_gzip_read']:.2f}")
-    fast = result["shard"][0]
-    print("shard steps (fast reader, best of each), wall: " + ", ".join(f"{k} {v:.2f}s" for k, v in fast["steps_s"].items())
-          + "; CPU: " + ", ".join(f"{k} {v:.2f}s" for k, v in fast["steps_cpu_s"].items()))
-    paired = result["paired_ratio_shard_fast_vs_gzip_read"]
-    print(f"{len(pairs)} back-to-back pairs, shard/gzip rate ratio: wall median {paired['wall']['median']:.2f} "
-          f"({paired['wall']['min']:.2f}-{paired['wall']['max']:.2f}), CPU median {paired['cpu']['median']:.2f} "
-          f"({paired['cpu']['min']:.2f}-{paired['cpu']['max']:.2f})")
+        name = f"shard, {r['reader']} reader, {r['threads']} thr"
+        print(f"{name:<34}{r['seconds']:>10.2f}{r['bases_per_s'] / 1e6:>10.1f}{r['ratio_vs_gzip_read']:>13.2f}")
+    print("process CPU seconds (all threads): " + ", ".join(f"{k} {v:.2f}" for k, v in CPU_TIMES.items()))
+    for r in result["shard"][:len(counts)]:
+        print(f"shard steps ({r['threads']} thr, best of each), wall: "
+              + ", ".join(f"{k} {v:.2f}s" for k, v in r["steps_s"].items())
+              + "; CPU: " + ", ".join(f"{k} {v:.2f}s" for k, v in r["steps_cpu_s"].items()))
+    for threads in counts:
+        pr = paired(threads)
+        print(f"{pr['pairs']} back-to-back rounds, shard ({threads} thr) / gzip read rate ratio: wall median "
+              f"{pr['wall']['median']:.2f} ({pr['wall']['min']:.2f}-{pr['wall']['max']:.2f}), CPU median "
+              f"{pr['cpu']['median']:.2f} ({pr['cpu']['min']:.2f}-{pr['cpu']['max']:.2f})")
     print(f"load average (1 min) while measuring: {min(LOADS):.1f}-{max(LOADS):.1f} on {os.cpu_count()} CPUs")
     print(f"wrote {args.out}")
     return 0

@@ -205,25 +205,28 @@ def scan_fasta(path: str | Path, out: BinaryIO, progress=None, threads: int = 1)
             # header lines: '>' at a line start, and the newline that ends each, with bytes.find
             # (memchr: no pass over the chunk for its newlines). A '>' inside a sequence line
             # stays in the bases and is refused below as no nucleotide code.
-            heads: list[int] = []
-            head_ends: list[int] = []
-            g = chunk.find(b">", 0, end)
+            heads: list[int] = []       # each header's '>'
+            head_ends: list[int] = []   # its newline
+            body_starts = [0]           # the bodies: [body_starts[i], (heads + [end])[i])
+            find = chunk.find
+            g = find(b">", 0, end)
             while g >= 0:
                 if (chunk[g - 1] == _NEWLINE) if g else at_line_start:
-                    h = chunk.find(b"\n", g, end)
+                    h = find(b"\n", g, end)
                     if h < 0:
                         raise NotPlain("header without a sequence at the end")
                     heads.append(g)
                     head_ends.append(h)
-                    g = chunk.find(b">", h, end)
+                    body_starts.append(h + 1)
+                    g = find(b">", h, end)
                 else:
-                    g = chunk.find(b">", g + 1, end)
+                    g = find(b">", g + 1, end)
             if heads:
                 # each body through the translate on its own: the length of what comes out is
                 # its base count (the newlines dropped), so no newline is ever located or counted
-                pieces = [chunk[a:b].translate(SCAN_TABLE, b"\n")
-                          for a, b in zip([0] + [h + 1 for h in head_ends], heads + [end])]
-                sizes = [len(piece) for piece in pieces]
+                table = SCAN_TABLE
+                pieces = [chunk[a:b].translate(table, b"\n") for a, b in zip(body_starts, heads + [end])]
+                sizes = list(map(len, pieces))
                 seq = b"".join(pieces)
                 ids.extend(_record_ids(memoryview(chunk), heads, head_ends))
                 if current >= 0:
