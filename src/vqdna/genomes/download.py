@@ -8,6 +8,9 @@ Sources (`genomes.source`):
   ncbi   assembly accessions (GCF_/GCA_) through the NCBI Datasets v2 REST API (a zip),
          anything else (NC_..., NZ_..., CP...) through E-utilities efetch (nuccore FASTA);
          API key from the environment variable `genomes.ncbi.api_key_env` when set.
+         A `taxon:` row is first resolved to one assembly (vqdna.genomes.resolve) or read from
+         its pin in the lock file (vqdna.genomes.pins); its sidecar records the pin, and the
+         manifest step (one job) adds new pins to the lock file.
   local  a file from `genomes.local_dir` (the `file` column, or the one file named after the
          accession): gzipped FASTA is copied or symlinked, anything else converted.
 An expected `sha256` in the table is checked against the fetched payload (or the local file);
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import logging
 import os
 import time
@@ -30,16 +34,23 @@ from ..config import section
 from ..errors import InputError
 from .http_fetch import RetryPolicy, fetch_to_part
 from .normalize import normalize
+from .pins import Pin, lock_path, merge_pins, pin_for_row, read_pins
+from .resolve import ncbi_api_headers, pin_for, resolve_row
 from .table import GenomeRow, genome_by_accession, read_genome_table
 
 log = logging.getLogger(__name__)
+# `accession` is the row id (the file stem); `assembly` the NCBI accession actually fetched (the
+# same for an accession row, the pinned one for a `taxon:` row, empty for a local taxon row)
 MANIFEST_COLUMNS = ("accession", "species", "category", "file", "bytes", "sha256",
-                    "source_sha256", "records", "bases", "source")
+                    "source_sha256", "records", "bases", "source", "assembly")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accession", help="fetch only this genome (a row of genomes.table)")
-    parser.add_argument("--manifest", action="store_true", help="only gather the per-genome records into manifest.tsv")
+    parser.add_argument("--manifest", action="store_true", help="only gather the per-genome records into manifest.tsv "
+                        "(and the pins of taxon: rows into the lock file)")
+    parser.add_argument("--resolve-only", action="store_true", help="resolve every included taxon: row that has no "
+                        "pin yet and write the lock file; download nothing (review and commit it before a paper run)")
     parser.add_argument("--out-dir", default="resources/genomes", help="default %(default)s")
 
 
@@ -49,16 +60,24 @@ def run(args, cfg) -> int:
     gcfg = section(cfg, "genomes")
     out_dir = Path(args.out_dir)
     rows = read_genome_table(gcfg["table"])
+    if args.resolve_only:
+        resolve_all(rows, gcfg, out_dir)
+        return 0
     if args.manifest:
+        record_pins(rows, gcfg, out_dir)
         write_manifest(rows, out_dir)
         return 0
     todo = [genome_by_accession(rows, args.accession, gcfg["table"])] if args.accession else rows
-    for row in todo:
-        with start_run(cfg, stage="download", name=f"download/{row.accession}",
-                       params={"accession": row.accession, "source": gcfg["source"]}) as mlrun:
-            info = fetch_genome(row, gcfg, out_dir)
-            mlrun.log_metrics({k: info[k] for k in ("bytes", "records", "bases", "seconds")})
-            mlrun.set_tags({"sha256": info["sha256"]})
+    try:
+        for row in todo:
+            with start_run(cfg, stage="download", name=f"download/{row.accession}",
+                           params={"accession": row.accession, "source": gcfg["source"]}) as mlrun:
+                info = fetch_genome(row, gcfg, out_dir)
+                mlrun.log_metrics({k: info[k] for k in ("bytes", "records", "bases", "seconds")})
+                mlrun.set_tags({"sha256": info["sha256"], "assembly": info["assembly"]})
+    finally:
+        if not args.accession:  # one process: safe to write the lock (a per-genome job leaves it to the manifest)
+            record_pins(rows, gcfg, out_dir)
     if not args.accession:
         write_manifest(rows, out_dir)
     return 0
@@ -71,6 +90,8 @@ def genome_paths(out_dir: Path, accession: str) -> tuple[Path, Path]:
 def fetch_genome(row: GenomeRow, gcfg: dict, out_dir: Path, *, sleep=time.sleep) -> dict:
     final, sidecar = genome_paths(out_dir, row.accession)
     t0 = time.perf_counter()
+    pin: Pin | None = None
+    assembly = "" if row.by_taxon else row.accession
     if gcfg["source"] == "local":
         src = find_local(row, Path(gcfg["local_dir"]))
         payload_sha = sha256_file(src)
@@ -78,12 +99,14 @@ def fetch_genome(row: GenomeRow, gcfg: dict, out_dir: Path, *, sleep=time.sleep)
         stats = normalize(src, final, link=gcfg["local_mode"] == "symlink")
         source = str(src)
     else:
-        url, headers = ncbi_request(row.accession, gcfg["ncbi"])
         part = out_dir / f".{row.accession}.download.part"
-        ncfg = gcfg["ncbi"]
-        policy = RetryPolicy(max_attempts=ncfg["max_attempts"], backoff_s=ncfg["backoff_s"],
-                             backoff_max_s=ncfg["backoff_max_s"], timeout_s=ncfg["timeout_s"],
-                             chunk_bytes=ncfg["chunk_bytes"])
+        if row.by_taxon:
+            pin = pin_for(row, gcfg, sleep=sleep)
+            assembly = pin.accession
+            # named after the assembly too: a .part left by another pin must never be resumed
+            part = out_dir / f".{row.accession}.{assembly}.download.part"
+        url, headers = ncbi_request(assembly, gcfg["ncbi"])
+        policy = RetryPolicy.from_config(gcfg["ncbi"])
         from tqdm import tqdm
 
         with tqdm(desc=f"download {row.accession}", unit="B", unit_scale=True, leave=False) as bar:
@@ -101,8 +124,10 @@ def fetch_genome(row: GenomeRow, gcfg: dict, out_dir: Path, *, sleep=time.sleep)
         "accession": row.accession, "species": row.species, "category": row.category,
         "file": final.name, "bytes": final.stat().st_size, "sha256": sha256_file(final),
         "source_sha256": payload_sha, "records": stats["records"], "bases": stats["bases"],
-        "source": source, "seconds": round(time.perf_counter() - t0, 3),
+        "source": source, "seconds": round(time.perf_counter() - t0, 3), "assembly": assembly,
     }
+    if pin is not None:
+        info["pin"] = pin.as_dict()  # gathered into the lock file by record_pins (one writer)
     write_json(sidecar, info)
     return info
 
@@ -132,9 +157,7 @@ def ncbi_request(accession: str, ncfg: dict) -> tuple[str, dict[str, str]]:
     if accession.startswith(("GCF_", "GCA_")):
         url = (f"{ncfg['datasets_url'].rstrip('/')}/genome/accession/{urllib.parse.quote(accession)}/download"
                "?include_annotation_type=GENOME_FASTA")
-        if api_key:
-            headers["api-key"] = api_key
-        return url, headers
+        return url, ncbi_api_headers(ncfg)
     query = {"db": "nuccore", "id": accession, "rettype": "fasta", "retmode": "text", "tool": "vqdna"}
     if ncfg.get("email"):
         query["email"] = ncfg["email"]
@@ -149,9 +172,38 @@ def _redact(url: str) -> str:
     return urllib.parse.urlunsplit(parts._replace(query=urllib.parse.urlencode(query)))
 
 
-def write_manifest(rows: list[GenomeRow], out_dir: Path) -> Path:
-    import json
+def record_pins(rows: list[GenomeRow], gcfg: dict, out_dir: Path) -> int:
+    """Add the pins that downloaded `taxon:` rows used (their sidecars) to the lock file."""
+    found = []
+    for row in rows:
+        sidecar = genome_paths(out_dir, row.accession)[1]
+        if row.by_taxon and sidecar.exists():
+            pin = json.loads(sidecar.read_text()).get("pin")
+            if pin:
+                found.append(Pin.from_dict(pin))
+    added = merge_pins(lock_path(gcfg), found) if found else 0
+    if added:
+        log.info("pinned %d taxon row(s) in %s", added, lock_path(gcfg))
+    return added
 
+
+def resolve_all(rows: list[GenomeRow], gcfg: dict, out_dir: Path, *, sleep=time.sleep) -> dict[str, Pin]:
+    """Pin every included `taxon:` row: pins of genomes already downloaded first, then one query
+    per row still unpinned; the lock is rewritten after each so an error keeps what was found."""
+    record_pins(rows, gcfg, out_dir)
+    lock = lock_path(gcfg)
+    pins = read_pins(lock)
+    for row in rows:
+        if not row.by_taxon or pin_for_row(pins, row, lock) is not None:
+            continue
+        pin = resolve_row(row, gcfg, sleep=sleep)
+        merge_pins(lock, [pin])
+        pins[pin.id] = pin
+        print(f"{row.accession}\t{row.taxon}\t{pin.accession}\t{pin.organism}\t{pin.assembly_level}")
+    return {r.accession: pins[r.accession] for r in rows if r.by_taxon}
+
+
+def write_manifest(rows: list[GenomeRow], out_dir: Path) -> Path:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, delimiter="\t", lineterminator="\n",
                             extrasaction="ignore")

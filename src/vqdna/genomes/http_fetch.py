@@ -11,6 +11,7 @@ import email.utils
 import http.client
 import logging
 import socket
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,6 +33,12 @@ class RetryPolicy:
     backoff_max_s: float = 120.0
     timeout_s: float = 60.0
     chunk_bytes: int = 1 << 20
+
+    @classmethod
+    def from_config(cls, ncfg: dict) -> "RetryPolicy":
+        """From the `genomes.ncbi` config section."""
+        return cls(max_attempts=ncfg["max_attempts"], backoff_s=ncfg["backoff_s"],
+                   backoff_max_s=ncfg["backoff_max_s"], timeout_s=ncfg["timeout_s"], chunk_bytes=ncfg["chunk_bytes"])
 
     def delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
@@ -77,6 +84,16 @@ def fetch_to_part(url: str, part: Path, *, headers: dict[str, str] | None = None
             log.warning("%s: %s; retry %d/%d in %.1fs", url, exc, attempt + 1, policy.max_attempts - 1, wait)
             sleep(wait)
     raise InputError(url, f"download failed after {policy.max_attempts} attempts; last error: {last_error}")
+
+
+def fetch_bytes(url: str, *, headers: dict[str, str] | None = None, policy: RetryPolicy = RetryPolicy(),
+                sleep: Callable[[float], None] = time.sleep) -> bytes:
+    """A small body (an API's JSON answer) in memory, with the same retries, back-off and
+    cut-off handling as a genome download (it goes through a throw-away `.part` file)."""
+    with tempfile.TemporaryDirectory(prefix="vqdna-fetch-") as tmp:
+        part = Path(tmp) / "body.part"
+        fetch_to_part(url, part, headers=headers, policy=policy, sleep=sleep)
+        return part.read_bytes() if part.exists() else b""
 
 
 def _attempt(url: str, part: Path, headers: dict[str, str], policy: RetryPolicy, progress) -> int:

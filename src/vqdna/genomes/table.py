@@ -3,7 +3,13 @@
 Tab-separated, one genome per row, `#` starts a comment line. Columns:
 
     accession  required  NCBI accession (GCF_/GCA_ assembly or nuccore, e.g. NC_001416.1); also the
-                          file stem under resources/genomes/, so only [A-Za-z0-9_.-]
+                          file stem under resources/genomes/, so only [A-Za-z0-9_.-].
+                          Or `taxon:<scientific name>` (e.g. `taxon:Macaca nigra`): the genome is
+                          named by its species, resolved to one NCBI assembly at download time and
+                          pinned in the lock file (vqdna.genomes.resolve, vqdna.genomes.pins). Such
+                          a row's id and file stem is `taxon_<name, lower case, runs of other
+                          characters as '_'>` (taxon_macaca_nigra): known before any query, so
+                          the workflow's targets do not depend on NCBI's answer.
     species    required  display name (stored in every shard row)
     category   required  the paper's appendix C category (Fungi, Mammalian, Bacteria, ...)
     file       optional  file name inside `genomes.local_dir` (source: local); default: the single
@@ -36,10 +42,16 @@ ROLES = (PRETRAIN, SPECIES_TASK)
 DEFAULT_ROLES = frozenset({PRETRAIN})  # tables written before the role column meant "shard everything"
 _ACCESSION = re.compile(r"^[A-Za-z0-9_.-]+$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+TAXON_PREFIX = "taxon:"
+TAXON_ID_PREFIX = "taxon_"
+# what NCBI scientific names use: letters, digits, blanks, '.', '-', quote, brackets ("[Clostridium]")
+_TAXON = re.compile(r"^[A-Za-z\[][A-Za-z0-9 .'()\[\]-]*$")
 
 
 @dataclass(frozen=True)
 class GenomeRow:
+    # the row's id: its NCBI accession, or `taxon_<slug>` for a `taxon:` row; the file stem of
+    # resources/genomes/{accession}.fna.gz and the name every later stage uses for the genome
     accession: str
     species: str
     category: str
@@ -50,6 +62,11 @@ class GenomeRow:
     roles: frozenset[str] = DEFAULT_ROLES
     source: str = ""
     line: int = field(default=0, compare=False)  # 1-based line in the table, for error messages
+    taxon: str = ""  # scientific name of a `taxon:` row (resolved at download time); "" otherwise
+
+    @property
+    def by_taxon(self) -> bool:
+        return bool(self.taxon)
 
     def has_role(self, role: str) -> bool:
         return role in self.roles
@@ -84,10 +101,16 @@ def read_genome_table(path: str | Path, *, included_only: bool = True) -> list[G
         for col in REQUIRED:
             if not record[col]:
                 raise InputError(path, f"empty {col!r}", line=lineno, record=acc or None)
-        if not _ACCESSION.match(acc):
-            raise InputError(path, "accession may only hold letters, digits, '_', '.', '-'", line=lineno, record=acc)
+        taxon = ""
+        if acc.lower().startswith(TAXON_PREFIX):
+            taxon = _parse_taxon(path, acc, lineno)
+            acc = taxon_id(taxon)
+        elif not _ACCESSION.match(acc):
+            raise InputError(path, "accession may only hold letters, digits, '_', '.', '-' (or be "
+                             f"'{TAXON_PREFIX}<species name>')", line=lineno, record=acc)
         if acc in seen:
-            raise InputError(path, f"duplicate accession (first on line {seen[acc]})", line=lineno, record=acc)
+            what = f"duplicate genome id (taxon {taxon!r} gives {acc!r}," if taxon else "duplicate accession ("
+            raise InputError(path, f"{what} first on line {seen[acc]})", line=lineno, record=acc)
         seen[acc] = lineno
         sha = record.get("sha256", "").lower()
         if sha and not _SHA256.match(sha):
@@ -100,9 +123,25 @@ def read_genome_table(path: str | Path, *, included_only: bool = True) -> list[G
             file=record.get("file", ""), sha256=sha,
             include=include_raw in ("yes", "true", "1"), note=record.get("note", ""),
             roles=_parse_roles(path, record.get("role", ""), lineno, acc),
-            source=record.get("source", ""), line=lineno,
+            source=record.get("source", ""), line=lineno, taxon=taxon,
         ))
     return [r for r in rows if r.include] if included_only else rows
+
+
+def taxon_id(name: str) -> str:
+    """The stable id (and file stem) of a `taxon:` row: depends on the name only, never on NCBI."""
+    return TAXON_ID_PREFIX + re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _parse_taxon(path: Path, text: str, lineno: int) -> str:
+    name = " ".join(text[len(TAXON_PREFIX):].split())  # blanks collapsed: the id must not hinge on them
+    if not name:
+        raise InputError(path, f"'{TAXON_PREFIX}' needs a scientific name, e.g. '{TAXON_PREFIX}Macaca nigra'",
+                         line=lineno, record=text)
+    if not _TAXON.match(name) or not re.search(r"[A-Za-z]", name):
+        raise InputError(path, "a taxon name may only hold letters, digits, blanks and . - ' ( ) [ ]",
+                         line=lineno, record=text)
+    return name
 
 
 def _parse_roles(path: Path, text: str, lineno: int, acc: str) -> frozenset[str]:
@@ -133,6 +172,8 @@ def genome_with_role(rows: list[GenomeRow], accession: str, role: str, table: st
 
 
 def genome_by_accession(rows: list[GenomeRow], accession: str, table: str | Path) -> GenomeRow:
+    if accession.lower().startswith(TAXON_PREFIX):  # `--accession "taxon:Macaca nigra"` as written in the table
+        accession = taxon_id(" ".join(accession[len(TAXON_PREFIX):].split()))
     for row in rows:
         if row.accession == accession:
             return row
