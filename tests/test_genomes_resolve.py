@@ -331,4 +331,49 @@ def test_paper_lock_file_if_present_covers_only_table_rows():
         assert key in rows and rows[key].by_taxon and rows[key].taxon.casefold() == pin.taxon.casefold()
 
 
-_ = (gzip, YERSINIA_FASTA)  # shared fixtures of the download tests, imported for the same server
+
+# ---- through Snakemake ---------------------------------------------------------------------
+
+@pytest.mark.slow
+def test_snakemake_downloads_a_taxon_row_and_pins_it(ncbi, tmp_path):
+    """`snakemake resources/genomes/manifest.tsv` on a copy of the repo: the taxon row is resolved
+    by its download job, the manifest job writes the lock next to the table, and a run from
+    scratch with that lock asks NCBI nothing."""
+    import os
+    import subprocess
+    import sys
+
+    from test_cluster_slurm import copy_repo
+
+    base, server = ncbi
+    repo = copy_repo(tmp_path / "repo")
+    (repo / "config" / "genomes.test.tsv").write_text(
+        HEADER + "GCF_000000050.1\tYersinia pestis pPCP1\tBacteria\tyes\tpretrain\tx\t\n" + NIGRA)
+    (repo / "config" / "test.yaml").write_text(
+        "genomes:\n  table: config/genomes.test.tsv\n  source: ncbi\n"
+        f"  ncbi: {{datasets_url: {base}/datasets/v2, api_key_env: VQDNA_TEST_NCBI_KEY}}\n")
+    server.reports[("Macaca nigra", "reference")] = [report("GCF_000000001.1", "Macaca nigra", category="reference genome")]
+    server.scripts["GCF_000000001.1"] = (genome_zip("GCF_000000001.1", LAMBDA_FASTA), ["ok"])
+    server.scripts["GCF_000000050.1"] = (genome_zip("GCF_000000050.1", YERSINIA_FASTA), ["ok"])
+    env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": str(repo / "src"),
+           "HOME": str(tmp_path), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db"}
+
+    def snakemake():
+        p = subprocess.run([sys.executable, "-m", "snakemake", "-c1", "resources/genomes/manifest.tsv",
+                            "--configfile", "config/test.yaml"], cwd=repo, env=env, capture_output=True, text=True,
+                           timeout=600)
+        assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+
+    snakemake()
+    genomes = repo / "resources" / "genomes"
+    (_rid, seq), = iter_records(genomes / "taxon_macaca_nigra.fna.gz")
+    assert len(seq) == 48502
+    pins = read_pins(repo / "config" / "genomes.test.lock.tsv")
+    assert {k: p.accession for k, p in pins.items()} == {"taxon_macaca_nigra": "GCF_000000001.1"}
+    assert len(report_requests(server)) == 1
+    server.requests.clear()
+    for f in genomes.iterdir():
+        os.unlink(f)
+    snakemake()
+    assert report_requests(server) == [] and len(server.requests) == 2  # the two genome zips only
+    assert gzip.decompress((genomes / "taxon_macaca_nigra.fna.gz").read_bytes()).count(b">") == 1

@@ -26,10 +26,17 @@ def test_paper_table_lists_the_appendix_c_species():
     assert {"Homo sapiens", "Mus musculus", "Saccharomyces cerevisiae", "Phytophthora sojae"} <= species
     included = read_genome_table(ROOT / "config" / "genomes.tsv")
     # every included row is an NCBI assembly accession (pretraining: RefSeq where one was found;
-    # species task: GenBank). A GenBank pretraining row must say that no RefSeq assembly was found.
-    assert included and all(r.accession.startswith(("GCF_", "GCA_")) for r in included)
-    pretrain = [r for r in included if r.roles == {"pretrain"}]
+    # species task: GenBank) or a full species name resolved at download (`taxon:`, pretraining
+    # only). A GenBank pretraining row must say that no RefSeq assembly was found.
+    by_accession = [r for r in included if not r.by_taxon]
+    assert by_accession and all(r.accession.startswith(("GCF_", "GCA_")) for r in by_accession)
+    pretrain = [r for r in by_accession if r.roles == {"pretrain"}]
     assert all(r.accession.startswith("GCF_") or "no RefSeq assembly found" in r.note for r in pretrain)
+    by_taxon = [r for r in included if r.by_taxon]
+    assert all(r.roles == {"pretrain"} and r.taxon.casefold() == r.species.casefold() for r in by_taxon)
+    # a taxon row names one species: genus + epithet ("Candidatus" + genus + epithet), no strain
+    assert all(len(r.taxon.split()) == (3 if r.taxon.startswith("Candidatus") else 2) for r in by_taxon)
+    assert len(by_accession) + len(by_taxon) - 5 == 43  # of the 106 pre-training rows (5: species task)
 
 
 @pytest.mark.parametrize("text,message", [

@@ -5,7 +5,18 @@
 # the number of shards per split is a config key (shards.num_shards), so every shard file is
 # known when the DAG is built, before any genome is read; no checkpoint is needed.
 #   download_genome   one job per genome   -> resources/genomes/{acc}.fna.gz (+ {acc}.json: sha256, counts)
-#   genome_manifest   all genomes          -> resources/genomes/manifest.tsv
+#                     {acc} is the table row's id: its accession, or taxon_<name> for a row named
+#                     `taxon:<species>`, which the job resolves to one NCBI assembly (or reads from
+#                     its pin in the lock file, genomes.resolve.lock) and records in {acc}.json.
+#                     The id is known from the table alone, so the DAG never waits on NCBI.
+#   genome_manifest   all genomes          -> resources/genomes/manifest.tsv; also adds the pins of
+#                     newly resolved taxon rows to the lock file (config/genomes.lock.tsv, committed
+#                     with the table). One job writes it, never the parallel downloads (they would
+#                     race). The lock is no input or output of any rule: as an output Snakemake
+#                     would delete it before the job, as an input every new pin would re-run
+#                     every download. Changing a pin by hand therefore needs the download re-run:
+#                     delete resources/genomes/{acc}.* (the manifest step refuses a mismatch).
+#   resolve_genomes   target only          pins every taxon row, downloads nothing (review, commit)
 #   shard_prepare     one job per genome   -> results/shards/prep/{acc}.seq (clean bases, read once)
 #                                             + {acc}.windows.npz (every window, its record and split)
 #                     pretrain genomes only (table column role): species-task-only genomes are
@@ -143,6 +154,21 @@ rule shard_manifest:
         "../envs/cpu.yaml"
     shell:
         f"{vqdna('shard')} --step manifest --shards-dir {SHARDS_DIR} > {{log}} 2>&1"
+
+
+rule resolve_genomes:
+    """Pin every `taxon:` row of the genome table in its lock file, download nothing
+    (`snakemake -c1 resolve_genomes`); review and commit the lock file before a paper run."""
+    input:
+        config["genomes"]["table"],
+    log:
+        "logs/genomes/resolve.log",
+    resources:
+        **stage_resources("download"),
+    conda:
+        "../envs/cpu.yaml"
+    shell:
+        f"{vqdna('download')} --resolve-only --out-dir {GENOMES_DIR} > {{log}} 2>&1"
 
 
 GENOME_TARGETS = [f"{GENOMES_DIR}/manifest.tsv", *SHARD_FILES, f"{SHARDS_DIR}/manifest.json"]
