@@ -227,6 +227,10 @@ def test_name_without_match_is_an_error_naming_the_row(ncbi, tmp_path):
                                          r"NCBI Datasets has no current assembly"):
         resolve_row(rows[1], gcfg, sleep=lambda s: None)
     assert len(report_requests(server)) == 3  # every tier asked once
+    # a name NCBI rejects outright (HTTP 400/404, whichever the API uses) also names the row
+    server.report_script["Nosuch species"] = [404]
+    with pytest.raises(InputError, match=r"genomes.tsv:3 .*NCBI Datasets does not recognise the name.*HTTP 404"):
+        resolve_row(rows[1], gcfg, sleep=lambda s: None)
     # NCBI answers under another name (its bracketed genus): no silent acceptance
     server.reports[("Clostridium nexile", "reference")] = [report("GCF_000000007.1", "[Clostridium] nexile")]
     with pytest.raises(InputError, match=r"genomes.tsv:4 .*no assembly whose organism matches.*\[Clostridium\] nexile"):

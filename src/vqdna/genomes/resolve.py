@@ -89,6 +89,9 @@ def resolve_row(row: GenomeRow, gcfg: dict, *, sleep: Callable[[float], None] = 
         try:
             reports = fetch_reports(query, ncfg, rcfg, sleep=sleep)
         except InputError as exc:
+            if "HTTP 400" in str(exc) or "HTTP 404" in str(exc):  # how the API answers a name it does not know
+                raise fail(f"NCBI Datasets does not recognise the name ({exc}); check the spelling against "
+                           "NCBI Taxonomy, put an accession in the table, or set include: no") from None
             raise fail(f"NCBI Datasets query failed ({exc})") from None
         log.info("%s: tier %s: %d assemblies", row.accession, tier, len(reports))
         if not reports:
