@@ -81,6 +81,7 @@ TRAIN_VARIANTS = {
     "vq_bf16w": ("vq", "default", "bf16_weights", "autograd"),
     "vq_fused_autocast": ("vq", "default", "autocast", "fused"),
     "vq_fused": ("vq", "default", "bf16_weights", "fused"),          # the new path
+    "vq_fused_autotune": ("vq", "max-autotune-no-cudagraphs", "bf16_weights", "fused"),  # GELU into GEMM epilogues?
     "hrq_compiled": ("hrq", "default", "autocast", "autograd"),
     "hrq_bf16w": ("hrq", "default", "bf16_weights", "autograd"),
     "hrq_fused": ("hrq", "default", "bf16_weights", "fused"),
@@ -565,7 +566,7 @@ def make_data(out: Path, window: int = 512) -> None:
 # rough seconds on an H100/H200 (compilation included), to skip what would not fit
 ENCODE_COST_S = {"fast": 25, "fast_bf16dist": 8, "fast_erf": 8, "fast_eager": 6, "eager": 8, "fast_fp32stream": 10,
                  "compiled": 45, "compiled_bf16": 45}
-TRAIN_COST_S = {"vq_autotune": 200, "vq_eager": 12}  # others ~55
+TRAIN_COST_S = {"vq_autotune": 200, "vq_fused_autotune": 200, "vq_eager": 12}  # others ~55
 
 
 def main() -> int:
