@@ -20,6 +20,8 @@ vqdna variants (`VARIANTS` below):
   vqdna_bf16_fused     vqdna_bf16 + residual add, dropout and LayerNorm as one Triton op with the
                        dropout mask regenerated in backward (vqdna.models.fused_norm;
                        pretrain.fused_dropout_norm)
+  *_rs                 RoPE on q and k as separate tensors (SelfAttention.rope_separate): the
+                       qkv gradient is one stack of dq, dk, dv
   *_rngfn              torch._functorch functionalize_rng_ops: dropout masks recomputed in
                        backward from the saved RNG state instead of stored
   *_cdt                Inductor coordinate_descent_tuning (block sizes of its Triton kernels tuned)
@@ -76,13 +78,16 @@ for _name in list(VARIANTS):
         VARIANTS[_name + "_flash"] = dict(VARIANTS[_name], sdpa="flash")
 VARIANTS["vqdna_bf16_fused"] = dict(VARIANTS["vqdna_bf16"], fused=True)
 VARIANTS["vqdna_bf16_fused_seed1"] = dict(VARIANTS["vqdna_bf16_fused"], dropout_seed=1)
-for _name in ("vqdna_bf16", "vqdna_bf16_fused"):
+VARIANTS["vqdna_bf16_rs"] = dict(VARIANTS["vqdna_bf16"], rope_separate=True)
+VARIANTS["vqdna_bf16_fused_rs"] = dict(VARIANTS["vqdna_bf16_fused"], rope_separate=True)
+VARIANTS["vqdna_bf16_fused_rs_seed1"] = dict(VARIANTS["vqdna_bf16_fused_rs"], dropout_seed=1)
+for _name in ("vqdna_bf16", "vqdna_bf16_fused", "vqdna_bf16_fused_rs"):
     VARIANTS[_name + "_rngfn"] = dict(VARIANTS[_name], functionalize_rng=True)
     VARIANTS[_name + "_cdt"] = dict(VARIANTS[_name], inductor={"coordinate_descent_tuning": True})
     VARIANTS[_name + "_mat"] = dict(VARIANTS[_name], compile_mode="max-autotune-no-cudagraphs")
 # keys that change what torch.compile produces: a run whose keys differ from the previous run's
 # resets dynamo's caches (compiled code is cached per function, and config is not guarded)
-COMPILE_KEYS = ("compile", "fp8", "fp8_recipe", "fused", "functionalize_rng", "inductor", "compile_mode", "bf16")
+COMPILE_KEYS = ("compile", "fp8", "fp8_recipe", "fused", "rope_separate", "functionalize_rng", "inductor", "compile_mode", "bf16")
 
 DEFAULT_RUNS = ("stock@256:30,vqdna_bf16@256:200,vqdna_fp8@256:200,vqdna_fp8_rowwise@256:200,"
                 "vqdna_bf16_seed1@256:200,stock@512:20")
@@ -236,7 +241,12 @@ def run_variant(name, batch, steps, args, arch, vocab, device, batches) -> dict:
         return out.loss.detach()
 
     losses, times, prof = [], [], None
-    with sdpa_context(spec, device), compile_config(spec):
+    from vqdna.models.layers import SelfAttention
+
+    rope_default = SelfAttention.rope_separate
+    SelfAttention.rope_separate = spec.get("rope_separate", rope_default)
+    with sdpa_context(spec, device), compile_config(spec), contextlib.ExitStack() as restore:
+        restore.callback(setattr, SelfAttention, "rope_separate", rope_default)
         t0 = time.perf_counter()
         for s in range(args.warmup):
             losses.append(step(s))
@@ -282,8 +292,9 @@ def compile_config(spec: dict):
 # Kernel families of a profile (first match wins), for the time-per-step breakdown.
 FAMILIES = (
     ("fused add+dropout+LayerNorm (vqdna op)", ("_fwd_kernel", "_bwd_kernel")),
-    ("GEMM (cuBLAS / Triton templates)", ("nvjet", "gemm", "cutlass", "xmma", "sm90_", "cublas", "triton_tem", "mm_")),
+    # attention first: cuDNN's SDPA kernels also carry "sm90" in their names
     ("attention (cuDNN / flash)", ("cudnn", "flash", "fmha", "sdpa", "attention")),
+    ("GEMM (cuBLAS / Triton templates)", ("nvjet", "gemm", "cutlass", "xmma", "sm90_", "cublas", "triton_tem", "mm_")),
     ("optimizer (AdamW, master copies)", ("multi_tensor", "adam", "foreach")),
     ("LayerNorm (+fused element-wise)", ("layer_norm", "native_layer_norm")),
     ("GELU (+fused element-wise)", ("gelu",)),

@@ -16,6 +16,7 @@ if [ "$mode" = profile ]; then
     --out "$OUT/pretrain_h200_s3_profile.json" 2>&1 | tee "$OUT/log.txt"
 else
   timeout 400 python3 bench/pretrain_bench.py --device cuda --tokens $TOK --kernel-check --lr 3e-4 --curve-window 50 \
-    --runs "${RUNS:?set RUNS}" --profile "${PROFILE:-}" --profile-dir "$OUT" --budget-s ${BUDGET:-330} \
+    --runs "stock@256:30,vqdna_bf16@256:160,vqdna_bf16_seed1@256:160,vqdna_bf16_fused@256:160,vqdna_bf16_fused_rs@256:160,vqdna_bf16_fused_rs_seed1@256:160,vqdna_bf16_rs@256:60,stock@512:20,vqdna_bf16_fused_rs_cdt@256:60" \
+    --profile "vqdna_bf16@256,vqdna_bf16_fused@256,vqdna_bf16_fused_rs@256" --profile-dir "$OUT" --budget-s 320 \
     --out "$OUT/pretrain_h200_s3.json" 2>&1 | tee "$OUT/log.txt"
 fi

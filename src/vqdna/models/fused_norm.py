@@ -28,7 +28,7 @@ try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs take the ref
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
-# int32 element offsets feed the Philox counter and the pointer arithmetic
+# int32 element offsets in the pointer arithmetic and the Philox counter
 MAX_ELEMENTS = 2**31 - 1
 
 
@@ -90,87 +90,151 @@ def reference_backward(dh: Tensor, ds: Tensor | None, s: Tensor, weight: Tensor,
 # ---- Triton kernels (CUDA) ----------------------------------------------------------------
 
 if triton is not None:
+    # A row of width H is handled as four column chunks of Q = next_pow2(ceil(H / 4)) lanes:
+    # one Philox call (tl.rand4x) gives four random numbers, one for the same lane of each
+    # chunk, so the generator runs once per four elements (Philox is what bounds a one-number-
+    # per-element dropout kernel on this GPU: profile of session 3). The counter is
+    # row * Q + lane, the same in forward and backward.
 
     @triton.jit
-    def _fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, s_ptr, h_ptr, mean_ptr, rstd_ptr, seed_ptr,
-                    n_rows, n_cols, p, scale, eps,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DROPOUT: tl.constexpr):
-        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.arange(0, BLOCK_N)
-        row_ok = rows < n_rows
-        col_ok = cols < n_cols
-        m = row_ok[:, None] & col_ok[None, :]
+    def _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, chunk: tl.constexpr, Q: tl.constexpr,
+                  n_cols, r, p, scale, HAS_DROPOUT: tl.constexpr):
+        cols = chunk * Q + lanes
+        m = row_ok[:, None] & (cols < n_cols)[None, :]
         offs = rows[:, None] * n_cols + cols[None, :]
         x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
         y = tl.load(y_ptr + offs, mask=m, other=0.0).to(tl.float32)
         if HAS_DROPOUT:
-            seed = tl.load(seed_ptr)
-            keep = tl.rand(seed, offs) >= p
-            y = tl.where(keep, y * scale, 0.0)
+            y = tl.where(r >= p, y * scale, 0.0)
         s = (x + y).to(s_ptr.dtype.element_ty)
         tl.store(s_ptr + offs, s, mask=m)
-        sf = s.to(tl.float32)
-        mean = tl.sum(sf, axis=1) / n_cols
-        d = tl.where(m, sf - mean[:, None], 0.0)
-        var = tl.sum(d * d, axis=1) / n_cols
-        rstd = 1.0 / tl.sqrt(var + eps)
-        w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        b = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        h = d * rstd[:, None] * w[None, :] + b[None, :]
+        return tl.where(m, s.to(tl.float32), 0.0), m, offs, cols
+
+    @triton.jit
+    def _store_norm(h_ptr, w_ptr, b_ptr, s, m, offs, cols, n_cols, mean, rstd):
+        w = tl.load(w_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+        b = tl.load(b_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+        h = (s - mean[:, None]) * rstd[:, None] * w[None, :] + b[None, :]
         tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=m)
+
+    @triton.jit
+    def _fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, s_ptr, h_ptr, mean_ptr, rstd_ptr, seed_ptr,
+                    n_rows, n_cols, p, scale, eps,
+                    BLOCK_M: tl.constexpr, Q: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        lanes = tl.arange(0, Q)
+        row_ok = rows < n_rows
+        if HAS_DROPOUT:
+            seed = tl.load(seed_ptr)
+            r0, r1, r2, r3 = tl.rand4x(seed, rows[:, None] * Q + lanes[None, :])
+        else:
+            r0, r1, r2, r3 = 0.0, 0.0, 0.0, 0.0
+        s0, m0, o0, c0 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 0, Q, n_cols, r0, p, scale, HAS_DROPOUT)
+        s1, m1, o1, c1 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 1, Q, n_cols, r1, p, scale, HAS_DROPOUT)
+        s2, m2, o2, c2 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 2, Q, n_cols, r2, p, scale, HAS_DROPOUT)
+        s3, m3, o3, c3 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 3, Q, n_cols, r3, p, scale, HAS_DROPOUT)
+        mean = (tl.sum(s0, axis=1) + tl.sum(s1, axis=1) + tl.sum(s2, axis=1) + tl.sum(s3, axis=1)) / n_cols
+        d0 = tl.where(m0, s0 - mean[:, None], 0.0)
+        d1 = tl.where(m1, s1 - mean[:, None], 0.0)
+        d2 = tl.where(m2, s2 - mean[:, None], 0.0)
+        d3 = tl.where(m3, s3 - mean[:, None], 0.0)
+        var = (tl.sum(d0 * d0, axis=1) + tl.sum(d1 * d1, axis=1) + tl.sum(d2 * d2, axis=1)
+               + tl.sum(d3 * d3, axis=1)) / n_cols
+        rstd = 1.0 / tl.sqrt(var + eps)
+        _store_norm(h_ptr, w_ptr, b_ptr, s0, m0, o0, c0, n_cols, mean, rstd)
+        _store_norm(h_ptr, w_ptr, b_ptr, s1, m1, o1, c1, n_cols, mean, rstd)
+        _store_norm(h_ptr, w_ptr, b_ptr, s2, m2, o2, c2, n_cols, mean, rstd)
+        _store_norm(h_ptr, w_ptr, b_ptr, s3, m3, o3, c3, n_cols, mean, rstd)
         tl.store(mean_ptr + rows, mean, mask=row_ok)
         tl.store(rstd_ptr + rows, rstd, mask=row_ok)
+
+    @triton.jit
+    def _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, chunk: tl.constexpr, Q: tl.constexpr, n_cols, mean, rstd):
+        cols = chunk * Q + lanes
+        col_ok = cols < n_cols
+        m = row_ok[:, None] & col_ok[None, :]
+        offs = rows[:, None] * n_cols + cols[None, :]
+        s = tl.load(s_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        xhat = tl.where(m, (s - mean[:, None]) * rstd[:, None], 0.0)
+        dh = tl.load(dh_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        return xhat, dh, dh * w[None, :], m, offs
+
+    @triton.jit
+    def _store_grad(ds_ptr, dx_ptr, dy_ptr, xhat, g, m, offs, c1, c2, rstd, r, p, scale,
+                    HAS_DROPOUT: tl.constexpr, HAS_DS: tl.constexpr):
+        dsum = (g - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
+        if HAS_DS:
+            dsum += tl.load(ds_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        tl.store(dx_ptr + offs, dsum.to(dx_ptr.dtype.element_ty), mask=m)
+        if HAS_DROPOUT:
+            dsum = tl.where(r >= p, dsum * scale, 0.0)
+        tl.store(dy_ptr + offs, dsum.to(dy_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
     def _bwd_kernel(dh_ptr, ds_ptr, s_ptr, w_ptr, mean_ptr, rstd_ptr, seed_ptr,
                     dx_ptr, dy_ptr, dw_ptr, db_ptr,
                     n_rows, n_cols, rows_per_prog, p, scale,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                    BLOCK_M: tl.constexpr, Q: tl.constexpr, HAS_DROPOUT: tl.constexpr,
                     HAS_DS: tl.constexpr):
         pid = tl.program_id(0)
-        cols = tl.arange(0, BLOCK_N)
-        col_ok = cols < n_cols
-        w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        dw_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
-        db_acc = tl.zeros([BLOCK_N], dtype=tl.float32)
+        lanes = tl.arange(0, Q)
+        dw0 = tl.zeros([Q], dtype=tl.float32)
+        dw1 = tl.zeros([Q], dtype=tl.float32)
+        dw2 = tl.zeros([Q], dtype=tl.float32)
+        dw3 = tl.zeros([Q], dtype=tl.float32)
+        db0 = tl.zeros([Q], dtype=tl.float32)
+        db1 = tl.zeros([Q], dtype=tl.float32)
+        db2 = tl.zeros([Q], dtype=tl.float32)
+        db3 = tl.zeros([Q], dtype=tl.float32)
         first = pid * rows_per_prog
         end = tl.minimum(first + rows_per_prog, n_rows)
-        if HAS_DROPOUT:
-            seed = tl.load(seed_ptr)
-        for r0 in range(first, end, BLOCK_M):
-            rows = r0 + tl.arange(0, BLOCK_M)
+        seed = tl.load(seed_ptr)
+        for r0_ in range(first, end, BLOCK_M):
+            rows = r0_ + tl.arange(0, BLOCK_M)
             row_ok = rows < end
-            m = row_ok[:, None] & col_ok[None, :]
-            offs = rows[:, None] * n_cols + cols[None, :]
-            s = tl.load(s_ptr + offs, mask=m, other=0.0).to(tl.float32)
             mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
             rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
-            xhat = tl.where(m, (s - mean[:, None]) * rstd[:, None], 0.0)
-            dh = tl.load(dh_ptr + offs, mask=m, other=0.0).to(tl.float32)
-            g = dh * w[None, :]
-            c1 = tl.sum(xhat * g, axis=1) / n_cols
-            c2 = tl.sum(g, axis=1) / n_cols
-            dsum = (g - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
-            if HAS_DS:
-                dsum += tl.load(ds_ptr + offs, mask=m, other=0.0).to(tl.float32)
-            tl.store(dx_ptr + offs, dsum.to(dx_ptr.dtype.element_ty), mask=m)
+            x0, h0, g0, m0, o0 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 0, Q, n_cols, mean, rstd)
+            x1, h1, g1, m1, o1 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 1, Q, n_cols, mean, rstd)
+            x2, h2, g2, m2, o2 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 2, Q, n_cols, mean, rstd)
+            x3, h3, g3, m3, o3 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 3, Q, n_cols, mean, rstd)
+            c1 = (tl.sum(x0 * g0, axis=1) + tl.sum(x1 * g1, axis=1) + tl.sum(x2 * g2, axis=1)
+                  + tl.sum(x3 * g3, axis=1)) / n_cols
+            c2 = (tl.sum(g0, axis=1) + tl.sum(g1, axis=1) + tl.sum(g2, axis=1) + tl.sum(g3, axis=1)) / n_cols
             if HAS_DROPOUT:
-                keep = tl.rand(seed, offs) >= p
-                dy = tl.where(keep, dsum * scale, 0.0)
+                q0, q1, q2, q3 = tl.rand4x(seed, rows[:, None] * Q + lanes[None, :])
             else:
-                dy = dsum
-            tl.store(dy_ptr + offs, dy.to(dy_ptr.dtype.element_ty), mask=m)
-            dw_acc += tl.sum(dh * xhat, axis=0)
-            db_acc += tl.sum(dh, axis=0)
-        tl.store(dw_ptr + pid * n_cols + cols, dw_acc, mask=col_ok)
-        tl.store(db_ptr + pid * n_cols + cols, db_acc, mask=col_ok)
+                q0, q1, q2, q3 = 0.0, 0.0, 0.0, 0.0
+            _store_grad(ds_ptr, dx_ptr, dy_ptr, x0, g0, m0, o0, c1, c2, rstd, q0, p, scale, HAS_DROPOUT, HAS_DS)
+            _store_grad(ds_ptr, dx_ptr, dy_ptr, x1, g1, m1, o1, c1, c2, rstd, q1, p, scale, HAS_DROPOUT, HAS_DS)
+            _store_grad(ds_ptr, dx_ptr, dy_ptr, x2, g2, m2, o2, c1, c2, rstd, q2, p, scale, HAS_DROPOUT, HAS_DS)
+            _store_grad(ds_ptr, dx_ptr, dy_ptr, x3, g3, m3, o3, c1, c2, rstd, q3, p, scale, HAS_DROPOUT, HAS_DS)
+            dw0 += tl.sum(h0 * x0, axis=0)
+            dw1 += tl.sum(h1 * x1, axis=0)
+            dw2 += tl.sum(h2 * x2, axis=0)
+            dw3 += tl.sum(h3 * x3, axis=0)
+            db0 += tl.sum(h0, axis=0)
+            db1 += tl.sum(h1, axis=0)
+            db2 += tl.sum(h2, axis=0)
+            db3 += tl.sum(h3, axis=0)
+        base = pid * n_cols
+        tl.store(dw_ptr + base + lanes, dw0, mask=lanes < n_cols)
+        tl.store(dw_ptr + base + Q + lanes, dw1, mask=Q + lanes < n_cols)
+        tl.store(dw_ptr + base + 2 * Q + lanes, dw2, mask=2 * Q + lanes < n_cols)
+        tl.store(dw_ptr + base + 3 * Q + lanes, dw3, mask=3 * Q + lanes < n_cols)
+        tl.store(db_ptr + base + lanes, db0, mask=lanes < n_cols)
+        tl.store(db_ptr + base + Q + lanes, db1, mask=Q + lanes < n_cols)
+        tl.store(db_ptr + base + 2 * Q + lanes, db2, mask=2 * Q + lanes < n_cols)
+        tl.store(db_ptr + base + 3 * Q + lanes, db3, mask=3 * Q + lanes < n_cols)
 
 
 def _tiles(n_cols: int) -> tuple[int, int, int]:
-    """Rows per tile, padded width, warps: ~4096 elements a tile (a few rows of a BERT-size width)."""
-    block_n = triton.next_power_of_2(n_cols)
-    block_m = max(1, min(16, 4096 // block_n))
-    return block_m, block_n, 8 if block_n >= 2048 else 4
+    """Rows per tile, chunk width Q (four chunks cover the row), warps: ~2048 lanes a tile (two
+    rows of a BERT-size width), few enough registers per thread for several programs per SM."""
+    q = triton.next_power_of_2(triton.cdiv(n_cols, 4))
+    block_m = max(1, min(16, 512 // q))
+    return block_m, q, 8 if 4 * q >= 1024 else 4
 
 
 def _check_size(n: int) -> None:
@@ -189,11 +253,11 @@ def triton_forward(x, y, weight, bias, seed, p, eps):
     h = torch.empty_like(s)
     mean = torch.empty(N, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
-    block_m, block_n, warps = _tiles(H)
+    block_m, q, warps = _tiles(H)
     _fwd_kernel[(triton.cdiv(N, block_m),)](
         x2, y2, weight.contiguous(), bias.contiguous(), s, h, mean, rstd, seed, N, H, p,
         1.0 / (1.0 - p) if p < 1 else 0.0, eps,
-        BLOCK_M=block_m, BLOCK_N=block_n, HAS_DROPOUT=p > 0, num_warps=warps)
+        BLOCK_M=block_m, Q=q, HAS_DROPOUT=p > 0, num_warps=warps)
     shape = x.shape[:-1]
     return s.view(*shape, H), h.view(*shape, H), mean.view(shape), rstd.view(shape)
 
@@ -207,12 +271,12 @@ def triton_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype):
     _check_size(N * H)
     dx = torch.empty((N, H), device=s.device, dtype=x_dtype)
     dy = torch.empty((N, H), device=s.device, dtype=y_dtype)
-    block_m, block_n, warps = _tiles(H)
-    # a few programs per multiprocessor, each looping over a stripe of rows and keeping its
+    block_m, q, warps = _tiles(H)
+    # several programs per multiprocessor, each looping over a stripe of rows and keeping its
     # weight/bias-gradient partial sums in registers; one small sum over programs at the end
     # (CPU tensors only under Triton's interpreter, in the kernel tests)
     sms = torch.cuda.get_device_properties(s.device).multi_processor_count if s.is_cuda else 2
-    n_prog = max(1, min(triton.cdiv(N, block_m), 4 * sms))
+    n_prog = max(1, min(triton.cdiv(N, block_m), 8 * sms))
     rows_per_prog = triton.cdiv(triton.cdiv(N, n_prog), block_m) * block_m
     n_prog = triton.cdiv(N, rows_per_prog)
     dw_part = torch.empty((n_prog, H), device=s.device, dtype=torch.float32)
@@ -220,7 +284,7 @@ def triton_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype):
     _bwd_kernel[(n_prog,)](
         dh2, ds2, s2, weight.contiguous(), mean.reshape(-1), rstd.reshape(-1), seed, dx, dy, dw_part, db_part,
         N, H, rows_per_prog, p, 1.0 / (1.0 - p) if p < 1 else 0.0,
-        BLOCK_M=block_m, BLOCK_N=block_n, HAS_DROPOUT=p > 0, HAS_DS=ds is not None, num_warps=warps)
+        BLOCK_M=block_m, Q=q, HAS_DROPOUT=p > 0, HAS_DS=ds is not None, num_warps=warps)
     return (dx.view(s.shape), dy.view(s.shape), dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(weight.dtype))
 
 

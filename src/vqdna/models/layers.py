@@ -14,6 +14,12 @@ from .positions import alibi_bias, alibi_slopes, apply_rope, rope_tables
 
 
 class SelfAttention(nn.Module):
+    # RoPE on q and k as two separate tensors (True) or one stacked pass (False). Separate: the
+    # backward of `unbind` is a single stack of dq, dk, dv into the qkv gradient, where the
+    # stacked slice + select pair needs a zero-filled scatter and an add (two passes over the
+    # [B, T, 3H] gradient in the session-3 profile). Same function either way; the bench times both.
+    rope_separate = False
+
     def __init__(self, config: VQDNAConfig):
         super().__init__()
         self.num_heads = config.num_attention_heads
@@ -29,7 +35,7 @@ class SelfAttention(nn.Module):
         # q, k, v stay in the projection's [B, T, heads, d] layout and reach SDPA as transposed
         # views (its flash/cuDNN kernels take any stride but the last): RoPE writes q and k in
         # one pass, no separate layout copies, and the attention output is already [B, T, H].
-        q, k, v = _rotate_qk(qkv, rope)
+        q, k, v = _rotate_qk(qkv, rope, self.rope_separate)
         if attn_mask is not None and attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
             attn_mask = attn_mask.to(q.dtype)  # SDPA wants an additive bias in the query dtype
         out = F.scaled_dot_product_attention(
@@ -56,9 +62,16 @@ class SelfAttention(nn.Module):
         return self.out_proj(out.transpose(1, 2).reshape(B, k, H))
 
 
-def _rotate_qk(qkv: torch.Tensor, rope: tuple | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _rotate_qk(qkv: torch.Tensor, rope: tuple | None, separate: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """q, k, v `[B, T, heads, d]` of `qkv [B, T, 3, heads, d]`: RoPE on the q and k slots in one
-    pass; v stays a view."""
+    pass (or, `separate`, on the unbound q and k); v stays a view."""
+    if separate:
+        q, k, v = qkv.unbind(2)
+        if rope is not None:
+            cos, sin = rope
+            q, k = apply_rope(q, cos[:, None], sin[:, None]), apply_rope(k, cos[:, None], sin[:, None])
+        return q, k, v
     v = qkv[:, :, 2]
     if rope is None:
         return qkv[:, :, 0], qkv[:, :, 1], v
@@ -176,9 +189,13 @@ class Encoder(nn.Module):
     def compile_layers(self, **kwargs) -> None:
         """torch.compile each block in place. The blocks share one class, so (with PyTorch's
         default inlining of nn.Modules) one compiled graph serves all of them: a fraction of the
-        compile time of the whole encoder, and the state-dict keys do not change."""
+        compile time of the whole encoder, and the state-dict keys do not change. The last
+        block's `forward_queries` (the MLM path's sparse last block) is compiled too: eager, its
+        RoPE, norms and dropout ran as separate kernels."""
         for layer in self.layers:
             layer.compile(**kwargs)
+        last = self.layers[-1]
+        last.forward_queries = torch.compile(last.forward_queries, **kwargs)  # instance attribute: no state-dict keys
 
     def forward(self, x: torch.Tensor, attention_mask: torch.Tensor | None,
                 select: torch.Tensor | None = None) -> torch.Tensor:

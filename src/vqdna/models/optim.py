@@ -21,6 +21,9 @@ class MasterWeightAdamW:
             self.model_params.extend(params)
             master_groups.append({**group, "params": masters})
         self.masters = [m for g in master_groups for m in g["params"]]
+        # fp32 gradient buffers of the masters, kept between steps: the bf16 gradients are cast
+        # into them by one multi-tensor copy instead of one cast kernel (and allocation) per tensor
+        self._grad_buffers: list[torch.Tensor | None] = [None] * len(self.masters)
         self.optimizer = torch.optim.AdamW(master_groups, **adamw_kwargs)
 
     @property
@@ -30,8 +33,18 @@ class MasterWeightAdamW:
     @torch.no_grad()
     def step(self, max_grad_norm: float = 0.0) -> None:
         """Gradients onto the fp32 masters, optional clipping there (in fp32), AdamW, copy back."""
-        for master, param in zip(self.masters, self.model_params):
-            master.grad = None if param.grad is None else param.grad.float()
+        dst, src = [], []
+        for i, (master, param) in enumerate(zip(self.masters, self.model_params)):
+            if param.grad is None:
+                master.grad = None  # not in this step's graph: AdamW skips it, as before
+                continue
+            if self._grad_buffers[i] is None:
+                self._grad_buffers[i] = torch.empty_like(master)
+            master.grad = self._grad_buffers[i]
+            dst.append(master.grad)
+            src.append(param.grad)
+        if dst:
+            torch._foreach_copy_(dst, src)  # bf16 -> fp32
         if max_grad_norm > 0:
             torch.nn.utils.clip_grad_norm_(self.masters, max_grad_norm)
         self.optimizer.step()
@@ -41,7 +54,7 @@ class MasterWeightAdamW:
         for p in self.model_params:
             p.grad = None
         for m in self.masters:
-            m.grad = None
+            m.grad = None  # the buffers stay in _grad_buffers; step() re-attaches them
 
     @torch.no_grad()
     def restore_fp32(self) -> None:

@@ -60,6 +60,7 @@ class PretrainSettings:
     precision: str = "auto"
     fp8_recipe: str = "tensorwise"
     compile: bool = False
+    fused_dropout_norm: bool = False
     train_split: str = "train"
     eval_split: str | None = "valid"
     eval_batches: int = 4
@@ -135,7 +136,10 @@ def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None 
 
     torch.manual_seed(seed)
     arch = {k: settings.model[k] for k in ARCH_KEYS if k in settings.model}
-    model = VQDNAForMaskedLM.from_tokenizer(tokenizer, **arch).to(device)
+    # fused add+dropout+LayerNorm: Triton kernels on CUDA, the same math in PyTorch on CPU; kept
+    # in the saved config, so from_pretrained / fine-tuning run the same path
+    model = VQDNAForMaskedLM.from_tokenizer(tokenizer, fused_dropout_norm=settings.fused_dropout_norm,
+                                            **arch).to(device)
     if pure_bf16:
         for p in model.parameters():  # parameters only: the frozen codebooks stay fp32
             p.data = p.data.to(torch.bfloat16)
