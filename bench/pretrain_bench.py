@@ -206,7 +206,7 @@ def prepare(name: str, model, device):
         convert_to_float8(model, spec.get("fp8_recipe", "tensorwise"))
     if spec.get("compile") == "blocks":
         mode = {"mode": spec["compile_mode"]} if spec.get("compile_mode") else {}
-        model.vqdna.encoder.compile_layers(dynamic=False, **mode)
+        model.vqdna.compile_blocks(dynamic=False, **mode)
     elif spec.get("compile") == "full":
         model.vqdna.compile(dynamic=False)
     return opt

@@ -164,7 +164,7 @@ def test_compiled_fused_blocks_match_eager():
     model = VQDNAForMaskedLM(cfg).train()
     masked, labels = tiny_batch(cfg)
     loss_eager, g_eager = loss_and_grads(model, masked, labels)
-    model.vqdna.encoder.compile_layers(backend="aot_eager", dynamic=False)
+    model.vqdna.compile_blocks(backend="aot_eager", dynamic=False)
     loss_comp, g_comp = loss_and_grads(model, masked, labels)
     torch.testing.assert_close(loss_comp, loss_eager)
     for name in g_eager:

@@ -78,6 +78,13 @@ class VQDNAModel(VQDNAPreTrainedModel):
         hidden = self.encoder(hidden, attention_mask, select=select)
         return BaseModelOutput(last_hidden_state=hidden)
 
+    def compile_blocks(self, **kwargs) -> None:
+        """torch.compile the input embedding and each encoder block in place (state-dict keys
+        unchanged; `Encoder.compile_layers`). The embedding as its own small graph: eager, its
+        gather, projection, special-token select, LayerNorm and dropout were separate passes."""
+        self.embeddings.compile(**kwargs)
+        self.encoder.compile_layers(**kwargs)
+
 
 class MaskedLMHead(nn.Module):
     """BERT's transform (dense, GELU, LayerNorm) then one decoder per level over the tokenizer ids."""

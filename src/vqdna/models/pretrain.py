@@ -163,7 +163,7 @@ def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None 
 
     train_model = model
     if settings.compile:
-        model.vqdna.encoder.compile_layers()  # in place: state-dict keys stay those of the plain model
+        model.vqdna.compile_blocks()  # in place: state-dict keys stay those of the plain model
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel
 
