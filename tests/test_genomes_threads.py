@@ -130,23 +130,3 @@ def test_threads_key_default_and_bounds():
     with pytest.raises(ConfigError, match="threads"):
         validate_config(bad)
 
-
-def test_write_behind_passes_a_write_error_on(tmp_path, monkeypatch):
-    monkeypatch.setattr(fasta_scan, "SCAN_CHUNK", 1000)
-    path = tmp_path / "x.fa.gz"
-    path.write_bytes(gzip.compress(b"".join(synthetic_fasta(s) for s in range(5))))
-
-    class DiskFull:
-        def __init__(self):
-            self.writes = 0
-
-        def write(self, data):
-            self.writes += 1
-            if self.writes == 3:
-                raise OSError(28, "No space left on device")
-
-    out = DiskFull()
-    with pytest.raises(OSError, match="No space left"):
-        fasta_scan.scan_fasta(path, out, threads=2)
-    assert out.writes == 3  # nothing written after the error
-    assert not vqdna_threads()
