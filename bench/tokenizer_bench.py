@@ -22,6 +22,8 @@ phase that would not fit in --budget-s is skipped):
    (else random weights with codebooks k-means-initialised on real DNA), with the share of positions whose
    code equals the eager fp32 path's and the held-out reconstruction through each variant's codes;
 4b. per-pass times of the fast encode path (needs a VQ model from phase 4).
+5. --late-train-variants: train variants with long compiles (max-autotune), last, so that a time-out
+   loses only them.
 
 Model FLOPs are counted from the architecture (every matmul and convolution, 2 FLOPs per MAC;
 training = 3x forward; the fast path's 3-product distance GEMM is counted once, as model work).
@@ -72,6 +74,8 @@ ENCODE_VARIANTS = {
     "fast_erf": {"fast": dict(distance="bf16x3", gelu_epilogue=False)},
     "fast_eager": {"fast": dict(distance="bf16x3", gelu_epilogue=True, compile=False)},
     "fast_fp32stream": {"fast": dict(distance="bf16x3", gelu_epilogue=True, residual="fp32")},
+    # the conv+LN pass compiled by Inductor instead of the Triton kernel (dwconv_kernel: torch)
+    "fast_torchconv": {"fast": dict(distance="bf16x3", gelu_epilogue=True, dwconv_kernel="torch")},
 }
 # name -> (kind, torch.compile mode or None for eager, tokenizers.training.precision, .dwconv_ln)
 TRAIN_VARIANTS = {
@@ -80,11 +84,13 @@ TRAIN_VARIANTS = {
     "vq_eager": ("vq", None, "autocast", "autograd"),
     "vq_bf16w": ("vq", "default", "bf16_weights", "autograd"),
     "vq_fused_autocast": ("vq", "default", "autocast", "fused"),
-    "vq_fused": ("vq", "default", "bf16_weights", "fused"),          # the new path
+    "vq_fused": ("vq", "default", "bf16_weights", "fused"),          # the new path (Triton conv+LN forward)
+    "vq_fused_torch": ("vq", "default", "bf16_weights", "fused_torch"),  # the same, forward by Inductor
     "vq_fused_autotune": ("vq", "max-autotune-no-cudagraphs", "bf16_weights", "fused"),  # GELU into GEMM epilogues?
     "hrq_compiled": ("hrq", "default", "autocast", "autograd"),
     "hrq_bf16w": ("hrq", "default", "bf16_weights", "autograd"),
     "hrq_fused": ("hrq", "default", "bf16_weights", "fused"),
+    "hrq_fused_torch": ("hrq", "default", "bf16_weights", "fused_torch"),
 }
 
 
@@ -103,6 +109,10 @@ def parse_args():
     p.add_argument("--train-len", type=int, default=256)
     p.add_argument("--train-variants", default="vq_compiled,vq_fused,hrq_compiled,hrq_fused",
                    help=f"comma-separated, of {list(TRAIN_VARIANTS)}")
+    p.add_argument("--late-train-variants", default="",
+                   help="train variants run after the encode phases (long compiles, e.g. max-autotune)")
+    p.add_argument("--late-min-s", type=float, default=60.0,
+                   help="start a late train variant only with this many seconds of --budget-s left")
     p.add_argument("--profile-steps", type=int, default=2, help="steps of the kernel profile per train variant (0 = none)")
     p.add_argument("--train-passes", action="store_true",
                    help="time forward+backward of one block per implementation and of the quantizer")
@@ -169,6 +179,40 @@ def matmul_reference(c: dict, rows: int, device: str, reps: int) -> dict:
         sec = timed(lambda: a @ a, reps, device)
         out["square8192"] = {"shape": [8192, 8192, 8192], "seconds": sec, "tflops": 2 * 8192 ** 3 / sec / 1e12}
     out["model_shapes_tflops"] = (out["fc1"]["tflops"] + out["fc2"]["tflops"]) / 2
+    return out
+
+
+def conv_ln_kernel_check(c: dict, batch: int, length: int, device: str, reps: int) -> dict:
+    """The conv+LN forward alone at the training shape, bf16 (as under `precision: bf16_weights`): the
+    Triton kernel (tile tuned on first call) against the same function compiled by Inductor, with the
+    kernel's error against the fp32 PyTorch reference and the bandwidth of one read of x + one write of y."""
+    from vqdna.tokenizers import dwconv_ln_triton as kt
+
+    g = torch.Generator(device=device).manual_seed(0)
+    dim, k = c["dim"], c["block_kernel"]
+    x = torch.randn(batch, length, dim, device=device, generator=g).to(torch.bfloat16)
+    w, b, ln_w, ln_b = (torch.randn(*shape, device=device, generator=g).to(torch.bfloat16) * scale
+                        for shape, scale in (((k, dim), 0.3), ((dim,), 0.3), ((dim,), 1.0), ((dim,), 0.3)))
+    y_ref, m_ref, r_ref = kt.reference_forward(x, None, w, b, ln_w, ln_b, 1e-6, torch.float32)
+    y, mean, rstd = kt.triton_forward(x, None, w, b, ln_w, ln_b, 1e-6, torch.bfloat16)
+
+    def rel(a, r):
+        return float((a.float() - r.float()).norm() / r.float().norm())
+    out = {"shape": [batch, length, dim], "k": k, "rel_err_y_bf16_vs_fp32": rel(y, y_ref),
+           "rel_err_mean": rel(mean, m_ref), "rel_err_rstd": rel(rstd, r_ref)}
+    moved = x.numel() * 2 * 2 + batch * length * 8  # bf16 x read, bf16 y written, fp32 mean + rstd
+    impls = {"triton": lambda: kt.triton_forward(x, None, w, b, ln_w, ln_b, 1e-6, torch.bfloat16)}
+    if device == "cuda":
+        compiled = torch.compile(kt.reference_forward, dynamic=False, fullgraph=True)
+        impls["inductor"] = lambda: compiled(x, None, w, b, ln_w, ln_b, 1e-6, torch.bfloat16)
+    for name, fn in impls.items():
+        sec = timed(fn, reps, device)
+        out[f"{name}_ms"] = sec * 1e3
+        out[f"{name}_tb_per_s"] = moved / sec / 1e12
+    print(f"  conv+LN forward {batch}x{length}x{dim} bf16: " +
+          ", ".join(f"{n} {out[f'{n}_ms']:.3f} ms ({out[f'{n}_tb_per_s']:.2f} TB/s)" for n in impls) +
+          f"; kernel vs fp32 reference: rel err y {out['rel_err_y_bf16_vs_fp32']:.2e}, mean "
+          f"{out['rel_err_mean']:.1e}, rstd {out['rel_err_rstd']:.1e}", flush=True)
     return out
 
 
@@ -315,8 +359,12 @@ def bench_train_step(c: dict, batch: int, length: int, device: str, reps: int, v
     nt_s = batch * length / sec
     tflops = nt_s * 3 * flops["forward"] / 1e12
     mem = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    from vqdna.tokenizers.dwconv_ln_triton import triton_available
+
+    conv_forward = {"autograd": "inductor (autograd)", "fused_torch": "inductor (fused fn)"}.get(
+        dwconv_ln, "triton kernel" if triton_available(dev) else "pytorch (no triton)")
     row = {"kind": c["kind"], "compile_mode": mode, "precision": precision, "dwconv_ln": dwconv_ln,
-           "batch": batch, "length": length, "seconds_per_step": sec,
+           "dwconv_ln_forward": conv_forward, "batch": batch, "length": length, "seconds_per_step": sec,
            "nt_per_s": nt_s, "tflops": tflops, "mfu": tflops * 1e12 / peak if peak else None,
            "max_memory_gib": mem, "first_step_seconds": first}
     print(f"  train  {c['kind']} {str(mode):10s} {precision:12s} {dwconv_ln:8s} B={batch:5d} L={length}: "
@@ -352,6 +400,8 @@ def kernel_profile(fn, steps: int, top: int = 25) -> dict:
         low = name.lower()
         if any(g in low for g in ("gemm", "sm90_xmma", "cutlass", "cublas", "nvjet", "wgmma")):
             return "matmul"
+        if "dwconv_ln_fwd" in low:  # the hand-written conv+LN forward (vqdna.tokenizers.dwconv_ln_triton)
+            return "dwconv_ln_triton"
         if low.startswith("triton"):
             return "triton"
         return "other"
@@ -447,11 +497,16 @@ def stage_times(model: VQVAE, batch: int, length: int, device: str, reps: int) -
     x = fns["tap"](s, fast.proj_b, level.ln_w, level.ln_b, level.eps, None, None, fast.settings.distance)
     scores = fe._mm_f32(x, level.right)
     stream = s.clone()  # fc2 accumulates into it on every call (timing only)
+    conv_args = (s.view(batch, length, -1), fast.proj_b, blk.dw_w, blk.dw_b, blk.ln_w, blk.ln_b, blk.eps,
+                 fast.compute_dtype)
+    conv_impls = {"dwconv+LN Triton kernel": fe._dwconv_ln_kernel}
+    if "dwconv_ln" in fe._COMPILED:
+        conv_impls["dwconv+LN compiled (Inductor)"] = fe._COMPILED["dwconv_ln"]
     stages = {
         "stem (gather+LN+GELU)": lambda: fns["stem"](codes, fast.stem_table, fast.stem_bias, *fast.stem_ln,
                                                      fast.compute_dtype),
-        "dwconv+LN": lambda: fns["dwconv_ln"](s.view(batch, length, -1), fast.proj_b, blk.dw_w, blk.dw_b,
-                                              blk.ln_w, blk.ln_b, blk.eps, fast.compute_dtype),
+        "dwconv+LN": lambda: fns["dwconv_ln"](*conv_args),  # the one the encoder uses (fast_paths)
+        **{name: (lambda f=f: f(*conv_args)) for name, f in conv_impls.items() if device == "cuda"},
         "fc1+GELU epilogue": lambda: fe._fc1_gelu(y, blk.w1t, blk.b1, True),
         "fc1 (addmm) + erf GELU pass": lambda: fe._fc1_gelu(y, blk.w1t, blk.b1, False),
         "fc1 plain mm": lambda: torch.mm(y, blk.w1t),
@@ -463,12 +518,18 @@ def stage_times(model: VQVAE, batch: int, length: int, device: str, reps: int) -
         "argmin": lambda: fns["argmin"](scores, level.half_sq),
         "whole encode": lambda: fast(codes),
     }
-    out = {}
+    out, bandwidth = {}, {}
+    conv_bytes = n * dim * (s.element_size() + torch.finfo(fast.compute_dtype).bits // 8)  # read s, write y
     for name, fn in stages.items():
         sec = timed(fn, reps, device)
         out[name] = sec
-        print(f"    {name:30s} {sec * 1e3:8.3f} ms  {sec / n * 1e9:6.2f} ns/nt", flush=True)
-    return {"batch": batch, "length": length, "seconds": out, "distance": fast.settings.distance}
+        extra = ""
+        if name.startswith("dwconv+LN"):
+            bandwidth[name] = conv_bytes / sec / 1e12
+            extra = f"  {bandwidth[name]:5.2f} TB/s (one read + one write)"
+        print(f"    {name:30s} {sec * 1e3:8.3f} ms  {sec / n * 1e9:6.2f} ns/nt{extra}", flush=True)
+    return {"batch": batch, "length": length, "seconds": out, "distance": fast.settings.distance,
+            "dwconv_ln_path": fe.PATHS.get("dwconv_ln"), "dwconv_ln_tb_per_s": bandwidth}
 
 
 # ---------------------------------------------------------------------------------------- real run
@@ -565,6 +626,7 @@ def make_data(out: Path, window: int = 512) -> None:
 # ---------------------------------------------------------------------------------------- main
 # rough seconds on an H100/H200 (compilation included), to skip what would not fit
 ENCODE_COST_S = {"fast": 25, "fast_bf16dist": 8, "fast_erf": 8, "fast_eager": 6, "eager": 8, "fast_fp32stream": 10,
+                 "fast_torchconv": 10,
                  "compiled": 45, "compiled_bf16": 45}
 TRAIN_COST_S = {"vq_autotune": 200, "vq_fused_autotune": 200, "vq_eager": 12}  # others ~55
 
@@ -642,6 +704,17 @@ def main() -> int:
         result["phases_done"].append(f"train:{name}")
         save()
 
+    # 1b. the conv+LN forward kernel alone (correctness on the device, time against Inductor's pass)
+    if device == "cuda" and fits("conv_ln_kernel", 20):
+        try:
+            result["conv_ln_kernel"] = conv_ln_kernel_check(configs["vq"], args.train_batch, args.train_len,
+                                                            device, args.reps)
+        except Exception as exc:  # noqa: BLE001
+            record_error("conv_ln_kernel", exc)
+        torch._dynamo.reset()
+        result["phases_done"].append("conv_ln_kernel")
+        save()
+
     # 2. the training steps the target is about
     for name in train_variants:
         if fits(name, TRAIN_COST_S.get(name, 55)):
@@ -717,9 +790,17 @@ def main() -> int:
             record_error("stage_times", exc)
         save()
 
-    from vqdna.tokenizers import fast_encode
+    # 5. long-compiling train variants last, so that a time-out loses only them
+    for name in [v for v in args.late_train_variants.split(",") if v]:
+        if fits(name, args.late_min_s):
+            train_phase(name)
+
+    from vqdna.tokenizers import dwconv_ln_triton, fast_encode
 
     result["fast_paths"] = dict(fast_encode.PATHS)
+    result["dwconv_ln_triton_tuning_ms"] = {"k=%d D=%d L=%d" % key: v for key, v in dwconv_ln_triton.TUNE_RESULTS.items()}
+    result["dwconv_ln_triton_best"] = {"k=%d D=%d L=%d" % key: {"block_l": bl, "num_warps": nw}
+                                       for key, (bl, nw) in dwconv_ln_triton._BEST.items()}
     result["total_seconds"] = time.time() - t_start
     save()
 

@@ -26,7 +26,9 @@ class ConvNeXtBlock1d(nn.Module):
     channels-last products that torch.compile fuses with the LayerNorm into one memory pass.
     `depthwise_impl`: "auto" (shifted sum while compiling, convolution in eager mode), "conv", "shift",
     or "fused": conv and LayerNorm as one autograd function with a hand-written backward that saves
-    no conv output (`dwconv_ln.py`; the `tokenizers.training.dwconv_ln: fused` training path).
+    no conv output (`dwconv_ln.py`; the `tokenizers.training.dwconv_ln: fused` training path), its
+    forward one Triton kernel where available (CUDA + Triton); "fused_torch": the same function with
+    the forward always in PyTorch (`dwconv_ln: fused_torch`, to turn the kernel off).
     """
 
     depthwise_impl = "auto"
@@ -68,9 +70,9 @@ class ConvNeXtBlock1d(nn.Module):
 
     def conv_norm(self, x: torch.Tensor) -> torch.Tensor:
         """LayerNorm(depth-wise conv(x)), the first half of the block."""
-        if self.depthwise_impl == "fused":
+        if self.depthwise_impl in ("fused", "fused_torch"):
             return dwconv_layer_norm(x, self.taps(), self.dwconv.bias, self.norm.weight, self.norm.bias,
-                                     self.norm.eps)
+                                     self.norm.eps, kernel="torch" if self.depthwise_impl == "fused_torch" else "triton")
         return self.norm(self.depthwise(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, L, C]

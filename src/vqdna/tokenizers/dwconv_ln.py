@@ -14,12 +14,23 @@ fp32 on the CPU.
 Channels-last layout throughout: x `[B, L, D]`, taps `w [k, D]` (w[j] multiplies x[l − k//2 + j]).
 Arithmetic is fp32 inside; outputs and gradients take the dtype of their inputs (bf16 weights
 and activations stay bf16 between passes).
+
+Forward kernel (`kernel`): "triton" runs the forward as one hand-written Triton kernel
+(`dwconv_ln_triton.py`: reads x once with its halo, writes y, mean and 1/std) where it can — CUDA
+tensors in fp32/bf16/fp16 with Triton importable — and the PyTorch code below everywhere else;
+"torch" always runs the PyTorch code (under torch.compile: Inductor's fused pass). The backward is
+the same hand-written one either way (it only needs mean and 1/std).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from . import dwconv_ln_triton
+
+KERNELS = ("triton", "torch")
+_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def _up(t: torch.Tensor) -> torch.Tensor:
@@ -39,7 +50,11 @@ def _conv(xf: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 class DwConvLayerNorm(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, w, b, ln_w, ln_b, eps: float):
+    def forward(ctx, x, w, b, ln_w, ln_b, eps: float, kernel: str = "triton"):
+        if use_triton(x, kernel):
+            y, mean, rstd = dwconv_ln_triton.dwconv_ln_forward(x, None, w, b, ln_w, ln_b, eps, x.dtype)
+            ctx.save_for_backward(x, w, b, ln_w, mean.unsqueeze(-1), rstd.unsqueeze(-1))
+            return y
         wf, bf, lnw = _up(w), _up(b), _up(ln_w)
         c = _conv(_up(x), wf, bf)
         var, mean = torch.var_mean(c, dim=-1, correction=0, keepdim=True)
@@ -70,12 +85,21 @@ class DwConvLayerNorm(torch.autograd.Function):
         d_w = torch.stack([(dc * xp[:, j:j + length]).sum(reduce_dims) for j in range(k)])
         # dx[m] = Σ_j dc[m + k//2 − j] · w[j]: the same shifted sum with the taps reversed
         dx = _conv(dc, wf.flip(0), torch.zeros((), device=dc.device, dtype=dc.dtype))
-        return dx.to(x.dtype), d_w.to(w.dtype), d_b.to(b.dtype), d_ln_w.to(ln_w.dtype), d_ln_b.to(ln_w.dtype), None
+        return (dx.to(x.dtype), d_w.to(w.dtype), d_b.to(b.dtype), d_ln_w.to(ln_w.dtype), d_ln_b.to(ln_w.dtype),
+                None, None)
+
+
+def use_triton(x: torch.Tensor, kernel: str) -> bool:
+    """Whether the forward runs the Triton kernel for this input (else the PyTorch code)."""
+    return kernel == "triton" and x.dtype in _TRITON_DTYPES and dwconv_ln_triton.triton_available(x.device)
 
 
 def dwconv_layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor,
-                      eps: float) -> torch.Tensor:
-    """LayerNorm(depth-wise conv(x)) for x `[B, L, D]`, taps `w [k, D]` (k odd), biases `[D]`."""
+                      eps: float, kernel: str = "triton") -> torch.Tensor:
+    """LayerNorm(depth-wise conv(x)) for x `[B, L, D]`, taps `w [k, D]` (k odd), biases `[D]`;
+    `kernel` "triton" (where available, see the module docstring) or "torch"."""
     if w.shape[0] % 2 != 1:
         raise ValueError(f"depth-wise kernel size must be odd to keep the length, not {w.shape[0]}")
-    return DwConvLayerNorm.apply(x, w, b, ln_w, ln_b, eps)
+    if kernel not in KERNELS:
+        raise ValueError(f"dwconv_ln kernel must be one of {KERNELS}, not {kernel!r}")
+    return DwConvLayerNorm.apply(x, w, b, ln_w, ln_b, eps, kernel)

@@ -10,7 +10,9 @@ precision:
                 codebooks, EMA statistics, distances and the losses stay fp32 as before.
 dwconv_ln:
   autograd      depth-wise conv then LayerNorm as two modules (autograd/Inductor derive the backward);
-  fused         one autograd function with a hand-written backward (`dwconv_ln.py`).
+  fused         one autograd function with a hand-written backward (`dwconv_ln.py`); its forward is
+                one Triton kernel on CUDA where Triton is importable (`dwconv_ln_triton.py`);
+  fused_torch   the same function with the forward always in PyTorch (the kernel turned off).
 
 Both settings leave the model and the loss unchanged: in fp32 every combination computes the
 same forward, loss, gradients and EMA update (tests/test_tokenizers_train_path.py).
@@ -24,7 +26,7 @@ from ..models.optim import MasterWeightAdamW
 from .convnext import ConvNeXtBlock1d
 
 PRECISIONS = ("autocast", "bf16_weights")
-DWCONV_LN = ("autograd", "fused")
+DWCONV_LN = ("autograd", "fused", "fused_torch")
 
 
 def check(precision: str, dwconv_ln: str) -> None:
@@ -39,7 +41,7 @@ def set_dwconv_ln(model: torch.nn.Module, dwconv_ln: str) -> None:
     check("autocast", dwconv_ln)
     for module in model.modules():
         if isinstance(module, ConvNeXtBlock1d):
-            module.depthwise_impl = "fused" if dwconv_ln == "fused" else "auto"
+            module.depthwise_impl = "auto" if dwconv_ln == "autograd" else dwconv_ln
 
 
 def cast_weights(model: torch.nn.Module, precision: str) -> None:

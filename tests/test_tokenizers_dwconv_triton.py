@@ -1,0 +1,171 @@
+"""The Triton forward of depth-wise conv + LayerNorm (`vqdna.tokenizers.dwconv_ln_triton`) computes
+LayerNorm(Conv1d(x, groups=D, padding=k//2)) per sequence — edges zero-padded, no window crossing
+into the next sequence of the `[B·L, D]` stream, L not a multiple of the tile, D not a power of
+two — and is what the fused training function and the fast encode path run when selected. The
+kernel runs under Triton's CPU interpreter in a subprocess (skipped without Triton); the PyTorch
+fallback and the switches are tested directly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vqdna.tokenizers import dwconv_ln_triton
+from vqdna.tokenizers.convnext import ConvNeXtBlock1d
+from vqdna.tokenizers.dwconv_ln import dwconv_layer_norm
+from vqdna.tokenizers.fast_encode import FastEncodeSettings
+from vqdna.tokenizers.model import VQModelConfig, VQVAE
+from vqdna.tokenizers.train_path import set_dwconv_ln
+
+SRC = Path(__file__).resolve().parents[1] / "src"
+
+
+def conv_ln(x, shift, w, b, ln_w, ln_b, eps):
+    """The model's function, from torch's own conv1d and layer_norm in float64: x [B, L, D], taps w [k, D]."""
+    xd = x.double() + (shift.double() if shift is not None else 0.0)
+    k, dim = w.shape
+    c = F.conv1d(xd.transpose(1, 2), w.double().t()[:, None, :], b.double(), padding=k // 2, groups=dim)
+    return F.layer_norm(c.transpose(1, 2), (dim,), ln_w.double(), ln_b.double(), eps)
+
+
+def inputs(batch, length, dim, k=7, dtype=torch.float32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, length, dim, generator=g)
+    x[0] += 5.0  # sequences on very different scales: any bleed across a boundary shows
+    w, b = torch.randn(k, dim, generator=g) / k, torch.randn(dim, generator=g)
+    ln_w, ln_b = 1 + 0.3 * torch.randn(dim, generator=g), 0.3 * torch.randn(dim, generator=g)
+    shift = torch.randn(dim, generator=g)
+    return [t.to(dtype) for t in (x, w, b, ln_w, ln_b)] + [shift]
+
+
+@pytest.mark.parametrize("with_shift", [False, True])
+def test_reference_and_op_on_cpu_equal_conv1d_then_layer_norm(with_shift):
+    x, w, b, ln_w, ln_b, shift = inputs(3, 11, 20)
+    sh = shift if with_shift else None
+    ref = conv_ln(x, sh, w, b, ln_w, ln_b, 1e-5)
+    y, mean, rstd = dwconv_ln_triton.dwconv_ln_forward(x, sh, w, b, ln_w, ln_b, 1e-5, torch.float32)
+    assert y.shape == x.shape and mean.shape == rstd.shape == x.shape[:2] and mean.dtype == torch.float32
+    torch.testing.assert_close(y.double(), ref, atol=1e-5, rtol=1e-5)
+    # mean/rstd are the conv output's row statistics (what the hand-written backward uses)
+    c = conv_ln(x, sh, w, b, torch.ones(20), torch.zeros(20), 1e-5)  # normalised conv output
+    torch.testing.assert_close(((y.double() - ln_b.double()) / ln_w.double()), c, atol=1e-5, rtol=1e-5)
+
+
+def test_op_fake_and_schema():
+    x, w, b, ln_w, ln_b, shift = inputs(2, 9, 12)
+    torch.library.opcheck(dwconv_ln_triton.dwconv_ln_forward, (x, shift, w, b, ln_w, ln_b, 1e-5, torch.float32),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_switches():
+    x, w, b, ln_w, ln_b, _ = inputs(2, 9, 12)
+    # CPU: both kernels take the PyTorch path, the same values
+    torch.testing.assert_close(dwconv_layer_norm(x, w, b, ln_w, ln_b, 1e-5, kernel="triton"),
+                               dwconv_layer_norm(x, w, b, ln_w, ln_b, 1e-5, kernel="torch"), atol=0, rtol=0)
+    with pytest.raises(ValueError, match="kernel"):
+        dwconv_layer_norm(x, w, b, ln_w, ln_b, 1e-5, kernel="cuda")
+    with pytest.raises(ValueError, match="dwconv_kernel"):
+        FastEncodeSettings.from_dict({"dwconv_kernel": "cudnn"})
+    assert FastEncodeSettings.from_dict({"dwconv_kernel": "torch"}).dwconv_kernel == "torch"
+    m = VQVAE(VQModelConfig(kind="vq", dim=16, stem_dim=16, depth=2, taps=[2], codebook_sizes=[8]))
+    set_dwconv_ln(m, "fused_torch")
+    assert all(blk.depthwise_impl == "fused_torch" for blk in m.modules() if isinstance(blk, ConvNeXtBlock1d))
+
+
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+INTERPRETER_SCRIPT = textwrap.dedent("""
+    import torch
+    import torch.nn.functional as F
+    from vqdna.tokenizers import dwconv_ln_triton as kt
+    from vqdna.tokenizers import fast_encode as fe
+    from vqdna.tokenizers.dwconv_ln import dwconv_layer_norm
+    from vqdna.tokenizers.model import VQModelConfig, VQVAE
+    from test_tokenizers_dwconv_triton import conv_ln, inputs
+
+    def rel(a, r):
+        return ((a.double() - r.double()).norm() / r.double().norm()).item()
+
+    # 1. the kernel itself: fp32, tiles shorter than / not dividing / longer than L, D not a power of two
+    for (batch, length, dim, k, tile) in [(2, 13, 24, 7, 4), (3, 10, 20, 7, 8), (2, 5, 7, 7, 8), (2, 9, 16, 3, 4),
+                                          (1, 3, 10, 7, 4)]:
+        x, w, b, ln_w, ln_b, shift = inputs(batch, length, dim, k)
+        for sh in (None, shift):
+            ref = conv_ln(x, sh, w, b, ln_w, ln_b, 1e-5)
+            y, mean, rstd = kt.triton_forward(x, sh, w, b, ln_w, ln_b, 1e-5, torch.float32, block_l=tile)
+            assert (y.double() - ref).abs().max().item() < 1e-4, (batch, length, dim, tile)
+            _, m_ref, r_ref = kt.reference_forward(x, sh, w, b, ln_w, ln_b, 1e-5, torch.float32)
+            assert torch.allclose(mean, m_ref, atol=1e-5) and torch.allclose(rstd, r_ref, rtol=1e-5)
+            y2 = kt.triton_forward(x, sh, w, b, ln_w, ln_b, 1e-5, torch.float32, stats=False, block_l=tile)[0]
+            assert torch.equal(y, y2)
+
+    # 2. bf16 in, bf16 out (fp32 accumulation): against float64 of the same bf16 inputs
+    x, w, b, ln_w, ln_b, shift = inputs(2, 37, 48, dtype=torch.bfloat16)
+    for sh in (None, shift):
+        y, _, _ = kt.triton_forward(x, sh, w, b, ln_w, ln_b, 1e-5, torch.bfloat16, block_l=8)
+        assert y.dtype == torch.bfloat16
+        assert rel(y, conv_ln(x, sh, w, b, ln_w, ln_b, 1e-5)) < 1e-2
+
+    # 3. the training function with the kernel selected (Triton "available" for CPU tensors here):
+    #    the kernel runs, values and gradients equal the PyTorch forward's
+    calls = []
+    kernel = kt.triton_forward
+    kt.triton_forward = lambda *a, **kw: (calls.append(1), kernel(*a, **kw))[1]
+    kt.triton_available = lambda device: True
+    x, w, b, ln_w, ln_b, _ = inputs(3, 19, 24)
+    dy = torch.randn_like(x)
+    outs = {}
+    for name in ("triton", "torch"):
+        ins = [t.clone().requires_grad_() for t in (x, w, b, ln_w, ln_b)]
+        y = dwconv_layer_norm(*ins, 1e-5, kernel=name)
+        y.backward(dy)
+        outs[name] = [y] + [t.grad for t in ins]
+    assert len(calls) == 1
+    for a, r in zip(outs["triton"], outs["torch"]):
+        assert rel(a, r) < 1e-5
+
+    # 4. the fast encode path with the kernel: same codes as with the PyTorch pass, kernel called per block
+    torch.manual_seed(0)
+    m = VQVAE(VQModelConfig(kind="hrq", dim=24, stem_dim=16, depth=2, taps=[1, 2], codebook_sizes=[16, 32],
+                            layer_scale_init=0.5)).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.ndim == 1:
+                p.add_(torch.randn_like(p) * 0.3)
+    codes = torch.randint(0, 4, (3, 45))
+    got = {}
+    for name in ("triton", "torch"):
+        calls.clear()
+        fast = fe.FastEncoder.from_model(m, fe.FastEncodeSettings(distance="fp32", compile=False, dwconv_kernel=name),
+                                         compute_dtype=torch.float32)
+        got[name] = fast(codes)
+        assert fe.PATHS["dwconv_ln"] == ("triton" if name == "triton" else "eager")
+        assert len(calls) == (2 if name == "triton" else 0)
+    assert torch.equal(got["triton"], got["torch"])
+    assert torch.equal(got["torch"].long(), m.encode(codes))
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(not _has_triton(), reason="Triton not installed")
+def test_triton_kernel_under_the_cpu_interpreter():
+    """The kernel on CPU tensors (TRITON_INTERPRET=1, its own process: read when kernels are defined)."""
+    tests_dir = str(Path(__file__).resolve().parent)
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(SRC), tests_dir, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
