@@ -790,19 +790,23 @@ def main() -> int:
             record_error("stage_times", exc)
         save()
 
+    from vqdna.tokenizers import dwconv_ln_triton, fast_encode
+
+    def record_paths():
+        result["fast_paths"] = dict(fast_encode.PATHS)
+        result["dwconv_ln_triton_tuning_ms"] = {"k=%d D=%d L=%d" % key: v
+                                                for key, v in dwconv_ln_triton.TUNE_RESULTS.items()}
+        result["dwconv_ln_triton_best"] = {"k=%d D=%d L=%d" % key: {"block_l": bl, "num_warps": nw}
+                                           for key, (bl, nw) in dwconv_ln_triton._BEST.items()}
+        result["total_seconds"] = time.time() - t_start
+        save()
+
+    record_paths()
     # 5. long-compiling train variants last, so that a time-out loses only them
     for name in [v for v in args.late_train_variants.split(",") if v]:
         if fits(name, args.late_min_s):
             train_phase(name)
-
-    from vqdna.tokenizers import dwconv_ln_triton, fast_encode
-
-    result["fast_paths"] = dict(fast_encode.PATHS)
-    result["dwconv_ln_triton_tuning_ms"] = {"k=%d D=%d L=%d" % key: v for key, v in dwconv_ln_triton.TUNE_RESULTS.items()}
-    result["dwconv_ln_triton_best"] = {"k=%d D=%d L=%d" % key: {"block_l": bl, "num_warps": nw}
-                                       for key, (bl, nw) in dwconv_ln_triton._BEST.items()}
-    result["total_seconds"] = time.time() - t_start
-    save()
+    record_paths()
 
     # the table
     print("\n| what | variant | batch x len | M nt/s | TFLOP/s | MFU | vs plain matmul | codes = fp32 | rec. acc. |")
