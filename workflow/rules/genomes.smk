@@ -82,6 +82,9 @@ rule genome_manifest:
         f"{vqdna('download')} --manifest --out-dir {GENOMES_DIR} > {{log}} 2>&1"
 
 
+# No `threads:` on the shard rules: `shards.threads` only adds a read-ahead inflate thread
+# (prepare) and parallel hashing (manifest), which share the job's core when none is free;
+# declaring 2 would serialise the demo's short prepare jobs, whose time is mostly start-up.
 rule shard_prepare:
     input:
         f"{GENOMES_DIR}/{{pretrain_accession}}.fna.gz",
