@@ -7,15 +7,19 @@ What runs (a few minutes on 2 cores):
   `vqdna install-profile`): a GPU rule gets `--gpus=1` from the GRES, a failing job shows up as
   FAILED with its log path, and the re-run resubmits only what failed;
 - the demo pipeline (default: download + shard + two tokenizers, i.e. train-tokenizer) through
-  `--profile profiles/slurm` with the demo config: a first part, then the rest (resume: nothing
-  of the first part is resubmitted), during which one train_tokenizer job is cancelled while it
-  runs (preemption): reported failed (CANCELLED) with its log path, and the next run submits only
-  it. Every job is a completed batch job in slurmctld's records and log; the outputs equal a
-  local run's (shards and tokenizers byte for byte; see _normalise for genome metadata).
+  `--profile profiles/slurm` with the demo config narrowed to two of its genomes (lambda, FASTA;
+  the Arabidopsis chloroplast, GenBank) and 2 train + 1 valid shards, so every rule of those
+  stages runs as Slurm jobs (12 in all) in a few minutes: a first part, then the rest (resume:
+  nothing of the first part is resubmitted), during which one train_tokenizer job is cancelled
+  while it runs (preemption): reported failed (CANCELLED) with its log path, and the next run
+  submits only it. Every job is a completed batch job in slurmctld's records and log; the outputs
+  equal a local run of the same targets and config (shards and tokenizers byte for byte; see
+  _normalise for genome metadata).
 Every daemon is stopped by PID at the end.
 
-Widen the pipeline part with VQDNA_SLURM_TARGETS (files, or `all`), VQDNA_SLURM_FIRST,
-VQDNA_SLURM_CANCEL_RULE, VQDNA_SLURM_COMPARE, e.g. `VQDNA_SLURM_TARGETS=all pytest -m slurm`.
+Widen the pipeline part with VQDNA_SLURM_GENOMES (`all`: the five demo genomes and the demo's
+shard counts), VQDNA_SLURM_TARGETS (files, or `all`), VQDNA_SLURM_FIRST, VQDNA_SLURM_CANCEL_RULE,
+VQDNA_SLURM_COMPARE, e.g. `VQDNA_SLURM_GENOMES=all VQDNA_SLURM_TARGETS=all pytest -m slurm`.
 """
 
 from __future__ import annotations
@@ -51,6 +55,8 @@ COMPARE = os.environ.get(
     "VQDNA_SLURM_COMPARE",
     "resources/genomes/* results/shards/* results/shards/*/* results/tokenizers/*/*",
 ).split()
+# demo genomes of the run (accessions, or `all` for the demo's five and its shard counts)
+GENOMES = os.environ.get("VQDNA_SLURM_GENOMES", "NC_001416.1 NC_000932.1").split()
 # never compared: logs, tracking store, Snakemake's own state, the resolved config
 IGNORE = ["logs/*", "results/mlflow*", ".snakemake/*", "results/config.resolved.json", "mlruns/*"]
 
@@ -94,9 +100,9 @@ def _zombie(pid: int) -> bool:
         return True
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def xdg(tmp_path_factory):
-    """A private user config folder with the repo's profiles installed by name."""
+    """A private user config folder (one per test: each installs the profiles by name itself)."""
     return Path(tmp_path_factory.mktemp("xdg"))
 
 
@@ -132,8 +138,10 @@ def snakemake(args: list[str], cwd: Path, env: dict, timeout: float = 900) -> su
     return p
 
 
-# test settings on top of the profile: poll Slurm every few seconds, fail fast
-FAST = ["--slurm-init-seconds-before-status-checks", "2", "--latency-wait", "5", "--retries", "0"]
+# test settings on top of the profile: poll Slurm sooner, fail fast. The plugin waits this long
+# for the first status check, and 10 s more for each further one until a job finishes (then
+# again this long); the jobs here take 10-30 s, so 10 s finds most at the 1st or 2nd check.
+FAST = ["--slurm-init-seconds-before-status-checks", "10", "--latency-wait", "5", "--retries", "0"]
 
 
 def submitted(p) -> dict[str, str]:
@@ -269,13 +277,31 @@ cluster:
   resources:
     train-tokenizer: {gpu: 1}
 """
+# the demo narrowed to GENOMES: fewer download/prepare/write jobs, same rules and code paths
+NARROW_CONFIG = """genomes:
+  table: config/genomes.slurmtest.tsv
+shards:
+  num_shards: {train: 2, valid: 1}
+  split: {by: block, block_size: 2000, valid_fraction: 0.2, seed: 0}
+"""
+
+
+def _write_test_config(repo: Path) -> None:
+    extra = EXTRA_CONFIG
+    if GENOMES != ["all"]:
+        table = (repo / "config" / "genomes.demo.tsv").read_text().splitlines()
+        keep = [ln for ln in table if ln.startswith(("#", "accession\t")) or ln.split("\t", 1)[0] in GENOMES]
+        assert len(keep) == len([ln for ln in keep if ln.startswith("#")]) + 1 + len(GENOMES), GENOMES
+        (repo / "config" / "genomes.slurmtest.tsv").write_text("\n".join(keep) + "\n")
+        extra += NARROW_CONFIG
+    (repo / "test-extra.yaml").write_text(extra)
 
 
 def test_demo_pipeline_through_slurm_profile(cluster, xdg, tmp_path):
     local = copy_repo(tmp_path / "local")
     onslurm = copy_repo(tmp_path / "slurm")
     for repo in (local, onslurm):
-        (repo / "test-extra.yaml").write_text(EXTRA_CONFIG)
+        _write_test_config(repo)
     # last on every command line: --configfile takes all words after it
     cfg = ["--configfile", "config/config.yaml", "test-extra.yaml"]
     env_local, env = _env(cluster, xdg), _env(cluster, xdg)
@@ -283,12 +309,38 @@ def test_demo_pipeline_through_slurm_profile(cluster, xdg, tmp_path):
     env_local["PYTHONPATH"] = str(local / "src")
     env["PYTHONPATH"] = str(onslurm / "src")
 
-    # the reference: the same targets on this machine through profiles/local
+    # the reference: the same targets on this machine through profiles/local, in its own copy,
+    # run while the Slurm runs below wait on the scheduler (it is checked before the comparison)
     t0 = time.monotonic()
-    ref = snakemake([*FIRST, *TARGETS, "--profile", "profiles/local", "--cores", "2", *cfg], local, env_local)
-    assert ref.returncode == 0, ref.log
+    ref_args = [sys.executable, "-m", "snakemake", *FIRST, *TARGETS, "--profile", "profiles/local", "--cores", "2",
+                *cfg]
+    ref_log = tmp_path / "local-reference.log"
+    with open(ref_log, "w") as fh:
+        ref = subprocess.Popen(ref_args, cwd=local, env=env_local, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        _slurm_runs(cluster, xdg, onslurm, env, cfg, t0)
+        ref.wait(timeout=900)
+    finally:
+        if ref.poll() is None:
+            ref.kill()
+            ref.wait()
+    assert ref.returncode == 0, f"$ {' '.join(ref_args)}  (cwd {local})\n" + ref_log.read_text()[-12000:]
     print(f"[{time.monotonic() - t0:.0f}s] local reference run done")
 
+    # the outputs equal the local run's, byte for byte
+    a, b = _files(local), _files(onslurm)
+    assert a, f"nothing to compare under {COMPARE} in the local run"
+    assert set(a) == set(b), f"only local: {sorted(set(a) - set(b))}; only Slurm: {sorted(set(b) - set(a))}"
+    differ = [k for k in a if _normalise(k, a[k]) != _normalise(k, b[k])]
+    assert not differ, f"files differ between the local and the Slurm run: {differ}"
+    # shards and tokenizers: byte for byte, no normalisation
+    strict = [k for k in a if k.startswith(("results/shards/", "results/tokenizers/")) and a[k] != b[k]]
+    assert not strict, strict
+    assert any(k.startswith("results/shards/") and k.endswith(".arrow") for k in a)
+
+
+def _slurm_runs(cluster, xdg: Path, onslurm: Path, env: dict, cfg: list[str], t0: float) -> None:
+    """The profile-name dry run and Slurm runs 1-3 of the demo test, in `onslurm`."""
     # the literal profile-name form resolves (dry run); GPU stages show their GPU in the job list
     subprocess.run([sys.executable, "-m", "vqdna", "install-profile", "--force"], cwd=onslurm, env=env, check=True,
                    capture_output=True)
@@ -339,17 +391,6 @@ def test_demo_pipeline_through_slurm_profile(cluster, xdg, tmp_path):
     assert [r["Comment"] for r in recs3] == [recs2[victim]["Comment"]], r3.log
     _assert_completed_batch_jobs(cluster, jobs3, onslurm)
     print(f"[{time.monotonic() - t0:.0f}s] slurm run 3 (resume): {len(jobs3)} job")
-
-    # the outputs equal the local run's, byte for byte
-    a, b = _files(local), _files(onslurm)
-    assert a, f"nothing to compare under {COMPARE} in the local run"
-    assert set(a) == set(b), f"only local: {sorted(set(a) - set(b))}; only Slurm: {sorted(set(b) - set(a))}"
-    differ = [k for k in a if _normalise(k, a[k]) != _normalise(k, b[k])]
-    assert not differ, f"files differ between the local and the Slurm run: {differ}"
-    # shards and tokenizers: byte for byte, no normalisation
-    strict = [k for k in a if k.startswith(("results/shards/", "results/tokenizers/")) and a[k] != b[k]]
-    assert not strict, strict
-    assert any(k.startswith("results/shards/") and k.endswith(".arrow") for k in a)
 
 
 def _recs(cluster, job_ids) -> list[dict[str, str]]:
