@@ -99,7 +99,7 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
     def rel(a, r):
         return ((a.double() - r.double()).norm() / r.double().norm()).item()
 
-    # 1. the kernel itself: fp32, tiles shorter than / not dividing / longer than L, D not a power of two
+    # 1. the tile kernel: fp32, tiles shorter than / not dividing / longer than L, D not a power of two
     for (batch, length, dim, k, tile) in [(2, 13, 24, 7, 4), (3, 10, 20, 7, 8), (2, 5, 7, 7, 8), (2, 9, 16, 3, 4),
                                           (1, 3, 10, 7, 4)]:
         x, w, b, ln_w, ln_b, shift = inputs(batch, length, dim, k)
@@ -112,12 +112,53 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
             y2 = kt.triton_forward(x, sh, w, b, ln_w, ln_b, 1e-5, torch.float32, stats=False, block_l=tile)[0]
             assert torch.equal(y, y2)
 
-    # 2. bf16 in, bf16 out (fp32 accumulation): against float64 of the same bf16 inputs
+    # 1b. the strip kernel (a program walks `lanes` strips of `steps` positions, one new row per step into
+    #     a 7-row register window): several chunks per sequence with the last one partly past L, lanes
+    #     and chunks starting mid-sequence (their window is the real neighbours), batch boundaries (the
+    #     sequences differ in scale), L shorter than one lane, k = 3 and 5 (slots without a tap), and
+    #     strided inputs read in place: a window of a longer buffer, batch-major strides, transposed taps
+    for (batch, length, dim, k, lanes, steps, stages) in [(3, 37, 20, 7, 4, 4, 3), (2, 29, 24, 7, 2, 8, 1),
+                                                          (2, 13, 12, 7, 1, 4, 1), (2, 3, 10, 7, 2, 4, 1),
+                                                          (3, 21, 16, 3, 2, 4, 1), (2, 17, 9, 5, 4, 2, 2)]:
+        x, w, b, ln_w, ln_b, shift = inputs(batch, length, dim, k, seed=length)
+        cfg = ("strip", lanes, steps, 4, stages)
+        for sh in (None, shift):
+            ref = conv_ln(x, sh, w, b, ln_w, ln_b, 1e-5)
+            y, mean, rstd = kt.triton_forward(x, sh, w, b, ln_w, ln_b, 1e-5, torch.float32, config=cfg)
+            assert (y.double() - ref).abs().max().item() < 1e-4, (batch, length, dim, cfg)
+            _, m_ref, r_ref = kt.reference_forward(x, sh, w, b, ln_w, ln_b, 1e-5, torch.float32)
+            assert torch.allclose(mean, m_ref, atol=1e-5) and torch.allclose(rstd, r_ref, rtol=1e-5), cfg
+            assert torch.equal(y, kt.triton_forward(x, sh, w, b, ln_w, ln_b, 1e-5, torch.float32, stats=False,
+                                                    config=cfg)[0])
+    x, w, b, ln_w, ln_b, shift = inputs(3, 19, 24)
+    big = torch.randn(3, 26, 24)
+    big[:, 4:23] = x
+    time_major = x.transpose(0, 1).contiguous().transpose(0, 1)  # strides (D, B*D, 1)
+    w_t = w.t().contiguous().t()                                   # strides (1, k)
+    ref = conv_ln(x, shift, w, b, ln_w, ln_b, 1e-5)
+    for xs in (big[:, 4:23], time_major):
+        assert not xs.is_contiguous()
+        for cfg in (("strip", 2, 4, 4, 1), ("tile", 8, 4, 1)):
+            y = kt.triton_forward(xs, shift, w_t, b, ln_w, ln_b, 1e-5, torch.float32, config=cfg)[0]
+            assert (y.double() - ref).abs().max().item() < 1e-4, (xs.stride(), cfg)
+    # a longer kernel than the strip's window takes the tile kernel by default, and is refused by the strip
+    x, w, b, ln_w, ln_b, _ = inputs(2, 12, 8, k=9)
+    y = kt.triton_forward(x, None, w, b, ln_w, ln_b, 1e-5, torch.float32)[0]
+    assert (y.double() - conv_ln(x, None, w, b, ln_w, ln_b, 1e-5)).abs().max().item() < 1e-4
+    try:
+        kt.triton_forward(x, None, w, b, ln_w, ln_b, 1e-5, torch.float32, config=("strip", 2, 4, 4, 1))
+        raise AssertionError("strip kernel accepted k = 9")
+    except ValueError:
+        pass
+
+    # 2. bf16 in, bf16 out (fp32 accumulation): against float64 of the same bf16 inputs; the strip keeps
+    #    its window in bf16 without a shift and in fp32 with one
     x, w, b, ln_w, ln_b, shift = inputs(2, 37, 48, dtype=torch.bfloat16)
     for sh in (None, shift):
-        y, _, _ = kt.triton_forward(x, sh, w, b, ln_w, ln_b, 1e-5, torch.bfloat16, block_l=8)
-        assert y.dtype == torch.bfloat16
-        assert rel(y, conv_ln(x, sh, w, b, ln_w, ln_b, 1e-5)) < 1e-2
+        for cfg in (("tile", 8, 4, 1), ("strip", 4, 4, 4, 2)):
+            y, _, _ = kt.triton_forward(x, sh, w, b, ln_w, ln_b, 1e-5, torch.bfloat16, config=cfg)
+            assert y.dtype == torch.bfloat16
+            assert rel(y, conv_ln(x, sh, w, b, ln_w, ln_b, 1e-5)) < 1e-2, cfg
 
     # 3. the training function with the kernel selected (Triton "available" for CPU tensors here):
     #    the kernel runs, values and gradients equal the PyTorch forward's

@@ -4,12 +4,20 @@ kernel: y = LayerNorm_D(b + Σ_j w[j]·x[l − k//2 + j]), channels-last x `[B, 
 Why a hand-written kernel: Inductor's fused shifted-sum + norm pass ran at ~0.45 TB/s on an H200
 (docs/benchmarks.md, Stage-1 tokenizer, third call: 0.92 ms per call at the paper's training batch,
 2.9 ns/nt per block of the fast encode path), far below the ~4 TB/s a single read of x and write
-of y allows. Here one program owns a tile of BLOCK_L positions of one sequence and every channel:
-it reads its rows plus the k−1 halo rows (the k shifted loads of a tile overlap and are served from
-L1), accumulates in fp32, normalises the row in registers and writes y once, plus the per-row mean
-and 1/std that the hand-written backward of `dwconv_ln.py` uses (it recomputes the conv output).
-Windows never cross a sequence boundary: a tile belongs to one sequence and positions outside
-[0, L) load as zeros, which is the conv's padding.
+of y allows. Two kernels, every program holding all D channels of its rows so that the row
+statistics stay in registers; both accumulate in fp32, normalise in registers and write y once,
+plus the per-row mean and 1/std that the hand-written backward of `dwconv_ln.py` uses (it
+recomputes the conv output):
+- 'tile' (s3b call, 1.08 TB/s): a program owns BLOCK_L positions and makes k shifted loads of its
+  tile, so each row is loaded k times (the repeats served from L1/L2) and a program's loads are all
+  issued at once, then nothing is in flight while it reduces and stores;
+- 'strip': a program walks lanes × steps consecutive positions, loading one new row per lane and
+  step into a 7-row window kept in registers (each row read once, plus a 6-row halo per lane), with
+  the next steps' loads prefetched by Triton's loop pipelining.
+Which one (and which tile/strip shape and warps) is measured once per shape and dtype on the GPU.
+Windows never cross a sequence boundary: a program's rows belong to one sequence and positions
+outside [0, L) load as zeros, which is the conv's padding. x may be strided in its batch and position
+dimensions (read in place); the taps `w [k, D]` may be strided too.
 
 `shift` (optional, `[D]`, fp32): added to every in-range input row before the conv — the fast encode
 path stores its residual stream without the fc2 biases and adds them on load; padding stays zero,
@@ -64,15 +72,17 @@ if triton is not None:
 
     @triton.jit
     def _dwconv_ln_fwd_kernel(x_ptr, shift_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, y_ptr, mean_ptr, rstd_ptr,
-                    L, D, tiles_per_seq, eps,
+                    L, D, stride_xb, stride_xl, stride_wk, stride_wd, tiles_per_seq, eps,
                     K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_D: tl.constexpr,
                     HAS_SHIFT: tl.constexpr, STATS: tl.constexpr):
+        """'tile': one program = BLOCK_L positions, k shifted loads of the tile (halo through L1/L2)."""
         pid = tl.program_id(0)
         seq = pid // tiles_per_seq
         pos = (pid % tiles_per_seq) * BLOCK_L + tl.arange(0, BLOCK_L)
         cols = tl.arange(0, BLOCK_D)
         col_ok = cols < D
-        row0 = seq.to(tl.int64) * L  # first row of this sequence in the [B·L, D] stream (int64: no overflow)
+        xb = x_ptr + seq.to(tl.int64) * stride_xb  # this sequence's rows (int64: no overflow)
+        row0 = seq.to(tl.int64) * L  # first row of this sequence in the contiguous output
         acc = tl.zeros([BLOCK_L, BLOCK_D], dtype=tl.float32)
         acc += tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if HAS_SHIFT:
@@ -80,10 +90,10 @@ if triton is not None:
         for j in tl.static_range(K):
             src = pos + (j - K // 2)
             m = ((src >= 0) & (src < L))[:, None] & col_ok[None, :]
-            xv = tl.load(x_ptr + (row0 + src)[:, None] * D + cols[None, :], mask=m, other=0.0).to(tl.float32)
+            xv = tl.load(xb + src[:, None] * stride_xl + cols[None, :], mask=m, other=0.0).to(tl.float32)
             if HAS_SHIFT:
                 xv = tl.where(m, xv + shift[None, :], 0.0)
-            wj = tl.load(w_ptr + j * D + cols, mask=col_ok, other=0.0).to(tl.float32)
+            wj = tl.load(w_ptr + j * stride_wk + cols * stride_wd, mask=col_ok, other=0.0).to(tl.float32)
             acc += xv * wj[None, :]
         acc = tl.where(col_ok[None, :], acc, 0.0)
         mean = tl.sum(acc, axis=1) / D
@@ -101,65 +111,205 @@ if triton is not None:
             tl.store(mean_ptr + rows, mean, mask=row_ok)
             tl.store(rstd_ptr + rows, rstd, mask=row_ok)
 
+    @triton.jit
+    def _strip_rows(xb, src, L, stride_xl, cols, col_ok, shift, HAS_SHIFT: tl.constexpr):
+        """Rows `src` ([ROWS] positions) of one sequence, zeros outside [0, L); with the shift added
+        (then fp32), else in the input dtype (bf16 halves the registers the window needs)."""
+        m = ((src >= 0) & (src < L))[:, None] & col_ok[None, :]
+        v = tl.load(xb + src[:, None] * stride_xl + cols[None, :], mask=m, other=0.0)
+        if HAS_SHIFT:
+            v = tl.where(m, v.to(tl.float32) + shift[None, :], 0.0)
+        return v
+
+    @triton.jit
+    def _strip_tap(w_ptr, stride_wk, stride_wd, cols, col_ok, J: tl.constexpr, K: tl.constexpr):
+        """Weights of window slot J (row l − 3 + J) as fp32; zero where the k-tap kernel has no such tap (k < 7)."""
+        t = cols * 0 + (J - 3 + K // 2)
+        ok = col_ok & (t >= 0) & (t < K)
+        return tl.load(w_ptr + t * stride_wk + cols * stride_wd, mask=ok, other=0.0).to(tl.float32)
+
+    @triton.jit
+    def _dwconv_ln_fwd_strip_kernel(x_ptr, shift_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, y_ptr, mean_ptr, rstd_ptr,
+                    L, D, stride_xb, stride_xl, stride_wk, stride_wd, chunks_per_seq, eps,
+                    K: tl.constexpr, ROWS: tl.constexpr, STEPS: tl.constexpr, BLOCK_D: tl.constexpr,
+                    HAS_SHIFT: tl.constexpr, STATS: tl.constexpr, NUM_STAGES: tl.constexpr):
+        """'strip': one program = ROWS lanes × STEPS consecutive positions of one sequence (lane r starts at
+        chunk + r·STEPS). Each step loads ONE new row per lane (x[l + 3]) and shifts a 7-row window kept in
+        registers, so every input row is read once per lane plus a 6-row halo per lane of STEPS rows (the
+        tile kernel re-loads each row k times). The ROWS lanes make each load and each row reduction
+        ROWS rows wide; the load of step i does not depend on the window, so `NUM_STAGES` lets Triton
+        prefetch the next steps' rows."""
+        pid = tl.program_id(0)
+        seq = pid // chunks_per_seq
+        start = (pid % chunks_per_seq) * (ROWS * STEPS) + tl.arange(0, ROWS) * STEPS
+        cols = tl.arange(0, BLOCK_D)
+        col_ok = cols < D
+        xb = x_ptr + seq.to(tl.int64) * stride_xb
+        row0 = seq.to(tl.int64) * L
+        bias = tl.load(b_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        lnw = tl.load(lnw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        lnb = tl.load(lnb_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        shift = bias  # unused unless HAS_SHIFT
+        if HAS_SHIFT:
+            shift = tl.load(shift_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        w0 = _strip_tap(w_ptr, stride_wk, stride_wd, cols, col_ok, 0, K)
+        w1 = _strip_tap(w_ptr, stride_wk, stride_wd, cols, col_ok, 1, K)
+        w2 = _strip_tap(w_ptr, stride_wk, stride_wd, cols, col_ok, 2, K)
+        w3 = _strip_tap(w_ptr, stride_wk, stride_wd, cols, col_ok, 3, K)
+        w4 = _strip_tap(w_ptr, stride_wk, stride_wd, cols, col_ok, 4, K)
+        w5 = _strip_tap(w_ptr, stride_wk, stride_wd, cols, col_ok, 5, K)
+        w6 = _strip_tap(w_ptr, stride_wk, stride_wd, cols, col_ok, 6, K)
+        # window slot j holds row l − 3 + j of the position l about to be computed
+        x0 = _strip_rows(xb, start - 3, L, stride_xl, cols, col_ok, shift, HAS_SHIFT)
+        x1 = _strip_rows(xb, start - 2, L, stride_xl, cols, col_ok, shift, HAS_SHIFT)
+        x2 = _strip_rows(xb, start - 1, L, stride_xl, cols, col_ok, shift, HAS_SHIFT)
+        x3 = _strip_rows(xb, start, L, stride_xl, cols, col_ok, shift, HAS_SHIFT)
+        x4 = _strip_rows(xb, start + 1, L, stride_xl, cols, col_ok, shift, HAS_SHIFT)
+        x5 = _strip_rows(xb, start + 2, L, stride_xl, cols, col_ok, shift, HAS_SHIFT)
+        for i in tl.range(0, STEPS, num_stages=NUM_STAGES):
+            pos = start + i
+            x6 = _strip_rows(xb, pos + 3, L, stride_xl, cols, col_ok, shift, HAS_SHIFT)
+            # padded channels: x, w and b load as 0, so acc is 0 there (no mask needed for the mean)
+            acc = bias[None, :] + x0.to(tl.float32) * w0[None, :]
+            acc += x1.to(tl.float32) * w1[None, :]
+            acc += x2.to(tl.float32) * w2[None, :]
+            acc += x3.to(tl.float32) * w3[None, :]
+            acc += x4.to(tl.float32) * w4[None, :]
+            acc += x5.to(tl.float32) * w5[None, :]
+            acc += x6.to(tl.float32) * w6[None, :]
+            mean = tl.sum(acc, axis=1) / D
+            d = tl.where(col_ok[None, :], acc - mean[:, None], 0.0)
+            var = tl.sum(d * d, axis=1) / D
+            rstd = 1.0 / tl.sqrt(var + eps)
+            y = d * rstd[:, None] * lnw[None, :] + lnb[None, :]
+            row_ok = pos < L
+            rows = row0 + pos
+            tl.store(y_ptr + rows[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty),
+                     mask=row_ok[:, None] & col_ok[None, :])
+            if STATS:
+                tl.store(mean_ptr + rows, mean, mask=row_ok)
+                tl.store(rstd_ptr + rows, rstd, mask=row_ok)
+            x0 = x1
+            x1 = x2
+            x2 = x3
+            x3 = x4
+            x4 = x5
+            x5 = x6
 
 
-# (tile rows, warps) candidates: a tile spans all D channels so the row statistics stay in
-# registers; which height hides the memory latency best is measured once per shape on the GPU
-CANDIDATES = [(bl, nw) for bl in (4, 8, 16, 32) for nw in (4, 8)]
-_BEST: dict = {}          # (k, D, L) -> (tile rows, warps)
-TUNE_RESULTS: dict = {}   # (k, D, L) -> {"rows x warps": ms}, reported by the bench
+# Configurations, ("tile", rows, warps, 1) or ("strip", lanes, steps per lane, warps, stages). Which hides
+# the memory latency best is measured once per shape on the GPU (the tile kernel's two best of the s3b
+# call stay in the set, so the choice can only get faster); every tile spans all D channels so that
+# the row statistics stay in registers.
+TILE_CANDIDATES = [("tile", 8, 4, 1), ("tile", 4, 4, 1)]
+STRIP_CANDIDATES = [("strip", lanes, steps, warps, stages)
+                    for lanes, steps, warps, stages in ((1, 32, 4, 3), (2, 32, 4, 3), (4, 16, 4, 3), (4, 32, 4, 3),
+                                                        (4, 64, 4, 3), (4, 32, 4, 1), (8, 32, 8, 2), (2, 64, 2, 3))]
+CANDIDATES = TILE_CANDIDATES + STRIP_CANDIDATES
+STRIP_MAX_K = 7   # the strip kernel's window has 7 slots
+_BEST: dict = {}          # tune key -> configuration
+TUNE_RESULTS: dict = {}   # tune key -> {config name: ms}, reported by the bench
 
 
-def _launch(x, shift, w, b, ln_w, ln_b, y, mean, rstd, eps, block_l: int, num_warps: int, stats: bool) -> None:
+def config_name(cfg: tuple) -> str:
+    if cfg[0] == "tile":
+        return f"tile {cfg[1]} rows x {cfg[2]} warps"
+    return f"strip {cfg[1]} lanes x {cfg[2]} steps, {cfg[3]} warps, {cfg[4]} stages"
+
+
+def key_name(key: tuple) -> str:
+    k, dim, length, x_dtype, out_dtype, has_shift, stats = key
+    return (f"k={k} D={dim} L={length} {str(x_dtype).removeprefix('torch.')}->"
+            f"{str(out_dtype).removeprefix('torch.')}{' +shift' if has_shift else ''}{' +stats' if stats else ''}")
+
+
+def _launch(x, shift, w, b, ln_w, ln_b, y, mean, rstd, eps, cfg: tuple, stats: bool) -> None:
     batch, length, dim = x.shape
-    tiles = triton.cdiv(length, block_l)
-    _dwconv_ln_fwd_kernel[(batch * tiles,)](
-        x, shift if shift is not None else b, w, b, ln_w, ln_b, y, mean, rstd, length, dim, tiles, float(eps),
-        K=w.shape[0], BLOCK_L=block_l, BLOCK_D=triton.next_power_of_2(dim), HAS_SHIFT=shift is not None,
-        STATS=stats, num_warps=num_warps)
+    k = w.shape[0]
+    common = (x, shift if shift is not None else b, w, b, ln_w, ln_b, y, mean, rstd, length, dim,
+              x.stride(0), x.stride(1), w.stride(0), w.stride(1))
+    block_d = triton.next_power_of_2(dim)
+    if cfg[0] == "tile":
+        _, block_l, num_warps, _ = cfg
+        tiles = triton.cdiv(length, block_l)
+        _dwconv_ln_fwd_kernel[(batch * tiles,)](
+            *common, tiles, float(eps), K=k, BLOCK_L=block_l, BLOCK_D=block_d, HAS_SHIFT=shift is not None,
+            STATS=stats, num_warps=num_warps)
+    else:
+        _, lanes, steps, num_warps, stages = cfg
+        if k > STRIP_MAX_K or k % 2 == 0:
+            raise ValueError(f"strip kernel: odd k <= {STRIP_MAX_K} only, got {k}")
+        chunks = triton.cdiv(length, lanes * steps)
+        _dwconv_ln_fwd_strip_kernel[(batch * chunks,)](
+            *common, chunks, float(eps), K=k, ROWS=lanes, STEPS=steps, BLOCK_D=block_d,
+            HAS_SHIFT=shift is not None, STATS=stats, NUM_STAGES=stages, num_warps=num_warps)
 
 
-def _tune(launch, key) -> tuple[int, int]:
-    """Time each candidate on the real tensors (the kernel only reads its inputs); keep the fastest."""
+def _candidates(k: int, length: int) -> list[tuple]:
+    strips = [c for c in STRIP_CANDIDATES if k <= STRIP_MAX_K and k % 2 == 1
+              and c[1] * c[2] <= max(length, 16) * 2]  # no chunk mostly past the sequence's end
+    return TILE_CANDIDATES + strips
+
+
+def _tune(launch, outputs, key, candidates) -> tuple:
+    """Time each candidate on the real tensors (the kernels only read their inputs); keep the fastest
+    whose outputs match the first tile configuration's (a guard against a configuration the compiler
+    gets wrong on this GPU: both kernels add the same fp32 terms in the same order)."""
     from triton.testing import do_bench
 
     times = {}
-    for bl, nw in CANDIDATES:
+    for cfg in candidates:
         try:
-            times[(bl, nw)] = do_bench(lambda: launch(bl, nw), warmup=5, rep=20)
-        except Exception:  # noqa: BLE001 - a candidate that does not compile (registers) is skipped
+            times[cfg] = do_bench(lambda: launch(cfg), warmup=5, rep=20)
+        except Exception:  # noqa: BLE001 - a candidate that does not compile (registers, shared memory) is skipped
             continue
     if not times:
         raise RuntimeError("dwconv_ln_forward: no Triton configuration compiled")
-    TUNE_RESULTS[key] = {f"{bl}x{nw}": ms for (bl, nw), ms in times.items()}
-    return min(times, key=times.get)
+    TUNE_RESULTS[key] = {config_name(cfg): ms for cfg, ms in times.items()}
+    ref_cfg = next((c for c in candidates if c[0] == "tile" and c in times), None)
+    if ref_cfg is None:
+        return min(times, key=times.get)
+    launch(ref_cfg)
+    ref = [t.float() for t in outputs]
+    for cfg in sorted(times, key=times.get):
+        launch(cfg)
+        if all(torch.allclose(t.float(), r, atol=2e-2, rtol=2e-2) for t, r in zip(outputs, ref)):
+            return cfg
+        TUNE_RESULTS[key][config_name(cfg)] = f"rejected: outputs differ from {config_name(ref_cfg)}"
+    return ref_cfg
 
 
 def triton_forward(x: Tensor, shift: Tensor | None, w: Tensor, b: Tensor, ln_w: Tensor, ln_b: Tensor,
                    eps: float, out_dtype: torch.dtype, stats: bool = True, block_l: int | None = None,
-                   num_warps: int = 4) -> tuple[Tensor, Tensor, Tensor]:
-    """The kernel on x `[B, L, D]` (any float dtype, made contiguous). `block_l=None`: on CUDA the
-    tile is tuned once per (k, D, L); CPU tensors (Triton's interpreter, in the tests) use 8 rows."""
+                   num_warps: int = 4, config: tuple | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The kernel on x `[B, L, D]` (any float dtype; strided batch/position dims are read in place, only
+    a non-unit channel stride is copied). `block_l` forces the tile kernel with that many rows,
+    `config` any configuration of `CANDIDATES`; neither: on CUDA the fastest candidate is measured once
+    per shape, dtype and variant; CPU tensors (Triton's interpreter, in the tests) take a small strip."""
     batch, length, dim = x.shape
-    x, w = x.contiguous(), w.contiguous()
+    if x.stride(2) != 1 or length * max(x.stride(1), 1) >= 2**31:  # int32 offsets inside a sequence
+        x = x.contiguous()
     y = torch.empty((batch, length, dim), device=x.device, dtype=out_dtype)
     mean = torch.empty((batch, length), device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
     if x.numel() == 0:
         return y, mean, rstd
 
-    def launch(bl: int, nw: int) -> None:
-        _launch(x, shift, w, b, ln_w, ln_b, y, mean, rstd, eps, bl, nw, stats)
+    def launch(cfg: tuple) -> None:
+        _launch(x, shift, w, b, ln_w, ln_b, y, mean, rstd, eps, cfg, stats)
 
-    if block_l is None:
+    if block_l is not None:
+        config = ("tile", block_l, num_warps, 1)
+    if config is None:
+        k = w.shape[0]
         if x.is_cuda:
-            key = (w.shape[0], dim, length)
+            key = (k, dim, length, x.dtype, out_dtype, shift is not None, stats)
             if key not in _BEST:
-                _BEST[key] = _tune(launch, key)
-            block_l, num_warps = _BEST[key]
+                _BEST[key] = _tune(launch, (y, mean, rstd) if stats else (y,), key, _candidates(k, length))
+            config = _BEST[key]
         else:
-            block_l = 8
-    launch(block_l, num_warps)
+            config = ("strip", 2, 4, 4, 1) if k <= STRIP_MAX_K and k % 2 == 1 else ("tile", 8, 4, 1)
+    launch(config)
     return y, mean, rstd
 
 

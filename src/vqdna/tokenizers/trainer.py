@@ -72,7 +72,7 @@ class TrainSettings:
     compile: bool = False
     compile_mode: str = "default"
     precision: str = "autocast"      # autocast | bf16_weights (train_path.py)
-    dwconv_ln: str = "autograd"      # autograd | fused (dwconv_ln.py)
+    dwconv_ln: str = "autograd"      # autograd | fused | fused_torch (train_path.DWCONV_LN, dwconv_ln.py)
 
     def __post_init__(self):
         check(self.precision, self.dwconv_ln)
