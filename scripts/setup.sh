@@ -10,7 +10,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
 .venv/bin/python -m pip install -q --upgrade pip
-# --no-compile: pip would byte-compile every installed module (about 2 of the 2.5 minutes of a
+# --no-compile: pip would byte-compile every installed module (about 1.5 of the 2.5 minutes of a
 # fresh install on 2 cores); Python compiles the modules actually imported on first use instead.
 # shellcheck disable=SC2086
 .venv/bin/python -m pip install -q --no-compile $TORCH_SPEC

@@ -8,4 +8,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-exec python -m pytest -ra -n "${VQDNA_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder "$@"
+exec python -m pytest -ra -n "${VQDNA_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder --durations=25 "$@"
