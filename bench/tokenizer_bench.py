@@ -204,7 +204,7 @@ def conv_ln_kernel_check(c: dict, batch: int, length: int, device: str, reps: in
     impls = {"triton": lambda: kt.triton_forward(x, None, w, b, ln_w, ln_b, 1e-6, torch.bfloat16)}
     # the fastest configuration of each kernel (tile: k shifted loads per tile; strip: a sliding
     # window, each row loaded once), timed again here next to each other
-    key = (k, dim, length, x.dtype, torch.bfloat16, False, True)
+    key = kt.tune_key(x, w, None, torch.bfloat16, True)
     best = kt._BEST.get(key)
     out["chosen"] = kt.config_name(best) if best else None
     out["tuning_ms"] = kt.TUNE_RESULTS.get(key)

@@ -79,6 +79,20 @@ def test_switches():
     assert all(blk.depthwise_impl == "fused_torch" for blk in m.modules() if isinstance(blk, ConvNeXtBlock1d))
 
 
+def test_tuning_key_tells_batch_sizes_apart():
+    """The kernel configuration is measured per shape: the codebook-initialisation batch (256 windows)
+    and the training batch (1024) of the same length must not share a choice; dtype, shift and stats
+    select other compiled variants, so they are part of the key too."""
+    x, w, b, ln_w, ln_b, shift = inputs(2, 9, 12)
+    key = dwconv_ln_triton.tune_key
+    assert key(x, w, None, torch.float32, True) != key(torch.cat([x] * 4), w, None, torch.float32, True)
+    assert key(x, w, None, torch.float32, True) == key(x[:, :, :], w, None, torch.float32, True)
+    assert len({key(x, w, None, torch.float32, True), key(x, w, shift, torch.float32, True),
+                key(x, w, None, torch.float32, False), key(x, w, None, torch.bfloat16, True),
+                key(x.bfloat16(), w, None, torch.float32, True)}) == 5
+    assert "L=9" in dwconv_ln_triton.key_name(key(x, w, shift, torch.float32, False))
+
+
 def _has_triton() -> bool:
     try:
         import triton  # noqa: F401
