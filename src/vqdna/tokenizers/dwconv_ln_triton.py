@@ -96,12 +96,19 @@ if triton is not None:
             wj = tl.load(w_ptr + j * stride_wk + cols * stride_wd, mask=col_ok, other=0.0).to(tl.float32)
             acc += xv * wj[None, :]
         acc = tl.where(col_ok[None, :], acc, 0.0)
+        lnw = tl.load(lnw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        lnb = tl.load(lnb_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
+        _ln_store(acc, lnw, lnb, cols, col_ok, pos, L, row0, D, eps, y_ptr, mean_ptr, rstd_ptr, STATS)
+
+    @triton.jit
+    def _ln_store(acc, lnw, lnb, cols, col_ok, pos, L, row0, D, eps, y_ptr, mean_ptr, rstd_ptr,
+                  STATS: tl.constexpr):
+        """LayerNorm over the channels of `acc [rows, BLOCK_D]` (0 in padded channels) at positions
+        `pos` of the sequence whose first output row is `row0`; stores y (+ mean, 1/std)."""
         mean = tl.sum(acc, axis=1) / D
         d = tl.where(col_ok[None, :], acc - mean[:, None], 0.0)
         var = tl.sum(d * d, axis=1) / D
         rstd = 1.0 / tl.sqrt(var + eps)
-        lnw = tl.load(lnw_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
-        lnb = tl.load(lnb_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         y = d * rstd[:, None] * lnw[None, :] + lnb[None, :]
         row_ok = pos < L
         rows = row0 + pos
@@ -177,18 +184,7 @@ if triton is not None:
             acc += x4.to(tl.float32) * w4[None, :]
             acc += x5.to(tl.float32) * w5[None, :]
             acc += x6.to(tl.float32) * w6[None, :]
-            mean = tl.sum(acc, axis=1) / D
-            d = tl.where(col_ok[None, :], acc - mean[:, None], 0.0)
-            var = tl.sum(d * d, axis=1) / D
-            rstd = 1.0 / tl.sqrt(var + eps)
-            y = d * rstd[:, None] * lnw[None, :] + lnb[None, :]
-            row_ok = pos < L
-            rows = row0 + pos
-            tl.store(y_ptr + rows[:, None] * D + cols[None, :], y.to(y_ptr.dtype.element_ty),
-                     mask=row_ok[:, None] & col_ok[None, :])
-            if STATS:
-                tl.store(mean_ptr + rows, mean, mask=row_ok)
-                tl.store(rstd_ptr + rows, rstd, mask=row_ok)
+            _ln_store(acc, lnw, lnb, cols, col_ok, pos, L, row0, D, eps, y_ptr, mean_ptr, rstd_ptr, STATS)
             x0 = x1
             x1 = x2
             x2 = x3
