@@ -1,9 +1,9 @@
 """Suite-wide test ordering.
 
-scripts/test.sh runs the suite on two pytest-xdist workers, one test file at a time per worker
+scripts/test.sh runs the suite on three pytest-xdist workers, one test file at a time per worker
 (`--dist loadfile --no-loadscope-reorder`: a file's module fixtures are built once, on one
 worker). The workers take files in collection order, so the files that take longest start first
-(longest first keeps the two workers busy until the end); every other file keeps its place.
+(longest first keeps the workers busy until the end); every other file keeps its place.
 Inside the Slurm file the demo pipeline test goes first: it waits on the scheduler most of the
 time, and the worker only asks for its next file when a test there ends.
 """
