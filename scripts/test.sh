@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-# One intra-op thread per test process: three workers already fill the two cores, and oversubscribed
-# OpenMP threads spin-wait (measured: 28.6 -> 18.8 min of CPU, 18.9 -> 12.4 min of tests).
+# One intra-op thread per test process: three workers already fill the two cores (not measured on
+# its own: the speed-up first credited to it came from bytecode, see scripts/setup.sh).
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" MKL_NUM_THREADS="${MKL_NUM_THREADS:-1}"
 exec python -m pytest -ra -n "${VQDNA_TEST_WORKERS:-3}" --dist loadfile --no-loadscope-reorder --durations=25 "$@"
