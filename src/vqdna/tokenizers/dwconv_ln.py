@@ -33,35 +33,17 @@ KERNELS = ("triton", "torch")
 _TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-def _up(t: torch.Tensor) -> torch.Tensor:
-    """At least fp32 (bf16 -> fp32; float64 stays float64, for the gradient check)."""
-    return t.to(torch.promote_types(t.dtype, torch.float32))
-
-
-def _conv(xf: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """c[:, l] = b + Σ_j x[:, l − k//2 + j] · w[j] (zeros outside), fp32 in and out."""
-    k, length = w.shape[0], xf.shape[1]
-    xp = F.pad(xf, (0, 0, k // 2, k // 2))
-    c = b
-    for j in range(k):  # k taps, not a loop over positions
-        c = c + xp[:, j:j + length] * w[j]
-    return c
+_up = dwconv_ln_triton._up
+_conv = dwconv_ln_triton.shifted_conv
 
 
 class DwConvLayerNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, w, b, ln_w, ln_b, eps: float, kernel: str = "triton"):
-        if use_triton(x, kernel):
-            y, mean, rstd = dwconv_ln_triton.dwconv_ln_forward(x, None, w, b, ln_w, ln_b, eps, x.dtype)
-            ctx.save_for_backward(x, w, b, ln_w, mean.unsqueeze(-1), rstd.unsqueeze(-1))
-            return y
-        wf, bf, lnw = _up(w), _up(b), _up(ln_w)
-        c = _conv(_up(x), wf, bf)
-        var, mean = torch.var_mean(c, dim=-1, correction=0, keepdim=True)
-        rstd = torch.rsqrt(var + eps)
-        y = (c - mean) * rstd * lnw + _up(ln_b)
-        ctx.save_for_backward(x, w, b, ln_w, mean, rstd)
-        return y.to(x.dtype)
+        forward = dwconv_ln_triton.dwconv_ln_forward if use_triton(x, kernel) else dwconv_ln_triton.reference_forward
+        y, mean, rstd = forward(x, None, w, b, ln_w, ln_b, eps, x.dtype)
+        ctx.save_for_backward(x, w, b, ln_w, mean.unsqueeze(-1), rstd.unsqueeze(-1))
+        return y
 
     @staticmethod
     def backward(ctx, dy):

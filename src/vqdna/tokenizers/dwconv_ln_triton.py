@@ -47,21 +47,27 @@ def triton_available(device: torch.device | str) -> bool:
 
 
 def _up(t: Tensor) -> Tensor:
+    """At least fp32 (bf16 -> fp32; float64 stays float64, for the gradient check)."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
+def shifted_conv(xf: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    """c[:, l] = b + Σ_j x[:, l − k//2 + j] · w[j] (zeros outside), in the dtype of its (fp32) inputs."""
+    k, length = w.shape[0], xf.shape[1]
+    xp = F.pad(xf, (0, 0, k // 2, k // 2))
+    c = b
+    for j in range(k):  # k taps, not a loop over positions
+        c = c + xp[:, j:j + length] * w[j]
+    return c
 
 
 def reference_forward(x: Tensor, shift: Tensor | None, w: Tensor, b: Tensor, ln_w: Tensor, ln_b: Tensor,
                       eps: float, out_dtype: torch.dtype) -> tuple[Tensor, Tensor, Tensor]:
     """(y, mean, rstd) in plain PyTorch, fp32 (or wider) inside; mean/rstd `[B, L]`."""
-    k, length = w.shape[0], x.shape[1]
     xf = _up(x)
     if shift is not None:
         xf = xf + shift
-    xp = F.pad(xf, (0, 0, k // 2, k // 2))  # zeros outside, after the shift
-    c = _up(b)
-    wf = _up(w)
-    for j in range(k):  # k taps, not a loop over positions
-        c = c + xp[:, j:j + length] * wf[j]
+    c = shifted_conv(xf, _up(w), _up(b))  # zeros outside, after the shift
     var, mean = torch.var_mean(c, dim=-1, correction=0)
     rstd = torch.rsqrt(var + eps)
     y = (c - mean[..., None]) * rstd[..., None] * _up(ln_w) + _up(ln_b)
