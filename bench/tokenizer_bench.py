@@ -86,11 +86,13 @@ TRAIN_VARIANTS = {
     "vq_fused_autocast": ("vq", "default", "autocast", "fused"),
     "vq_fused": ("vq", "default", "bf16_weights", "fused"),          # the new path (Triton conv+LN forward)
     "vq_fused_torch": ("vq", "default", "bf16_weights", "fused_torch"),  # the same, forward by Inductor
+    "vq_fused_fwd": ("vq", "default", "bf16_weights", "fused_fwd"),  # Triton forward, backward by Inductor (s3c path)
     "vq_fused_autotune": ("vq", "max-autotune-no-cudagraphs", "bf16_weights", "fused"),  # GELU into GEMM epilogues?
     "hrq_compiled": ("hrq", "default", "autocast", "autograd"),
     "hrq_bf16w": ("hrq", "default", "bf16_weights", "autograd"),
     "hrq_fused": ("hrq", "default", "bf16_weights", "fused"),
     "hrq_fused_torch": ("hrq", "default", "bf16_weights", "fused_torch"),
+    "hrq_fused_fwd": ("hrq", "default", "bf16_weights", "fused_fwd"),
 }
 
 
