@@ -77,7 +77,7 @@ ENCODE_VARIANTS = {
     # the conv+LN pass compiled by Inductor instead of the Triton kernel (dwconv_kernel: torch)
     "fast_torchconv": {"fast": dict(distance="bf16x3", gelu_epilogue=True, dwconv_kernel="torch")},
 }
-# name -> (kind, torch.compile mode or None for eager, tokenizers.training.precision, .dwconv_ln)
+# name -> (kind, torch.compile mode or None for eager, tokenizers.training.precision, .dwconv_ln[, .distance])
 TRAIN_VARIANTS = {
     "vq_compiled": ("vq", "default", "autocast", "autograd"),        # the old default
     "vq_autotune": ("vq", "max-autotune-no-cudagraphs", "autocast", "autograd"),
@@ -93,6 +93,9 @@ TRAIN_VARIANTS = {
     "hrq_fused": ("hrq", "default", "bf16_weights", "fused"),
     "hrq_fused_torch": ("hrq", "default", "bf16_weights", "fused_torch"),
     "hrq_fused_fwd": ("hrq", "default", "bf16_weights", "fused_fwd"),
+    # + the nearest-code search as one bf16x3 tensor-core GEMM (tokenizers.training.distance)
+    "vq_x3": ("vq", "default", "bf16_weights", "fused", "bf16x3"),
+    "hrq_x3": ("hrq", "default", "bf16_weights", "fused", "bf16x3"),
 }
 
 
@@ -337,17 +340,23 @@ def _agreement(tok, ref_tok, windows, device, batch) -> dict:
     return out
 
 
+def variant_distance(variant: tuple) -> str:
+    return variant[4] if len(variant) > 4 else "fp32"
+
+
 def bench_train_step(c: dict, batch: int, length: int, device: str, reps: int, variant: tuple, flops: dict,
                      peak: float | None, profile_steps: int = 0) -> dict:
     """One training step as `train_vq_tokenizer` runs it (EMA update in the forward, backward, AdamW via
     `StepOptimizer`; no gradient clipping, as in the earlier rows), timed at the paper's batch."""
     from vqdna.tokenizers.train_path import StepOptimizer, autocast, cast_weights, set_dwconv_ln
 
-    _, mode, precision, dwconv_ln = variant
+    _, mode, precision, dwconv_ln = variant[:4]
+    distance = variant_distance(variant)
     torch.manual_seed(0)
     model = VQVAE(VQModelConfig(**c)).to(device)
     set_dwconv_ln(model, dwconv_ln)
     cast_weights(model, precision)
+    model.quantizer.set_distance(distance)
     if mode is not None and device == "cuda":
         kw = {} if mode == "default" else {"mode": mode}
         model.encoder.compile(dynamic=False, **kw)
@@ -381,10 +390,10 @@ def bench_train_step(c: dict, batch: int, length: int, device: str, reps: int, v
     conv_forward = {"autograd": "inductor (autograd)", "fused_torch": "inductor (fused fn)"}.get(
         dwconv_ln, "triton kernel" if triton_available(dev) else "pytorch (no triton)")
     row = {"kind": c["kind"], "compile_mode": mode, "precision": precision, "dwconv_ln": dwconv_ln,
-           "dwconv_ln_forward": conv_forward, "batch": batch, "length": length, "seconds_per_step": sec,
+           "distance": distance, "dwconv_ln_forward": conv_forward, "batch": batch, "length": length, "seconds_per_step": sec,
            "nt_per_s": nt_s, "tflops": tflops, "mfu": tflops * 1e12 / peak if peak else None,
            "max_memory_gib": mem, "first_step_seconds": first}
-    print(f"  train  {c['kind']} {str(mode):10s} {precision:12s} {dwconv_ln:8s} B={batch:5d} L={length}: "
+    print(f"  train  {c['kind']} {str(mode):10s} {precision:12s} {dwconv_ln:8s} {distance:6s} B={batch:5d} L={length}: "
           f"{nt_s / 1e6:8.2f} M nt/s {tflops:7.1f} TFLOP/s  {sec * 1e3:7.1f} ms/step (first step {first:.0f} s)",
           flush=True)
     if profile_steps > 0 and cuda:
@@ -565,7 +574,7 @@ def bench_run(c: dict, args, step_seconds: float | None, work: Path) -> dict:
         kmeans_max_samples=262144, restart_every=max(10, steps // 20), checkpoint_every=0, log_every=max(1, steps // 5),
         valid_windows=1024 if not args.tiny else 64, valid_length=None, eval_batch_rows=256,
         compile=args.run_compile, precision=TRAIN_VARIANTS[args.run_variant][2],
-        dwconv_ln=TRAIN_VARIANTS[args.run_variant][3],
+        dwconv_ln=TRAIN_VARIANTS[args.run_variant][3], distance=variant_distance(TRAIN_VARIANTS[args.run_variant]),
     )
     log = []
     t = time.time()
@@ -752,7 +761,8 @@ def main() -> int:
     trained = None
     step_s = next((r["seconds_per_step"] for r in result["train_step"].values()
                    if r["kind"] == args.run_kind and r["precision"] == TRAIN_VARIANTS[args.run_variant][2]
-                   and r["dwconv_ln"] == TRAIN_VARIANTS[args.run_variant][3]), None)
+                   and r["dwconv_ln"] == TRAIN_VARIANTS[args.run_variant][3]
+                   and r.get("distance", "fp32") == variant_distance(TRAIN_VARIANTS[args.run_variant])), None)
     if not args.run_compile:
         step_s = None  # eager run: its own (slower) step
     if not args.skip_run and fits("run", run_cost):

@@ -35,9 +35,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import dwconv_ln_triton
-
-DISTANCES = ("bf16x3", "bf16", "fp32")
+from . import distance, dwconv_ln_triton
+from .distance import DISTANCES
 DWCONV_KERNELS = ("triton", "torch")
 _COMPILED: dict = {}
 
@@ -106,13 +105,7 @@ def _tap(s, shift, ln_w, ln_b, eps: float, prev_ids, prev_embed, mode: str):
     (H = 2·Z − e(M)), as the left GEMM operand of `mode`; also returns nothing else."""
     z = F.layer_norm(s.float() + shift, (s.shape[-1],), ln_w, ln_b, eps)
     h = z if prev_ids is None else 2 * z - F.embedding(prev_ids, prev_embed)
-    if mode == "fp32":
-        return h
-    hi = h.to(torch.bfloat16)
-    if mode == "bf16":
-        return hi
-    lo = (h - hi.float()).to(torch.bfloat16)
-    return torch.cat([hi, lo, hi], -1)
+    return distance.split_left(h, mode)
 
 
 def _argmin(scores, half_sq):
@@ -120,22 +113,8 @@ def _argmin(scores, half_sq):
     return (half_sq - scores).argmin(-1).to(torch.int32)
 
 
-PATHS: dict = {}  # which implementation ran where there is a fallback (reported by the benches)
-
-
-def _mm_f32(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """a @ b with an fp32 result; bf16 operands accumulate in fp32 inside cuBLAS (no upcast pass)."""
-    if a.dtype == torch.float32:
-        return a @ b
-    if a.is_cuda and PATHS.get("distance_gemm") != "upcast":
-        try:
-            out = torch.mm(a, b, out_dtype=torch.float32)
-            PATHS["distance_gemm"] = "mm_out_dtype"
-            return out
-        except (TypeError, RuntimeError, NotImplementedError) as exc:  # older torch: same function, slower
-            PATHS["distance_gemm"] = "upcast"
-            PATHS["distance_gemm_error"] = f"{type(exc).__name__}: {exc}"[:300]
-    return a.float() @ b.float()  # bf16 values are exact in fp32: the same function
+PATHS = distance.PATHS  # which implementation ran where there is a fallback (reported by the benches)
+_mm_f32 = distance.mm_f32
 
 
 def _accumulate(s: torch.Tensor, h: torch.Tensor, w: torch.Tensor) -> None:
@@ -234,12 +213,7 @@ class FastEncoder:
         levels = []
         for tap, norm, cb in zip(enc.taps, enc.tap_norms, model.quantizer.codebooks):
             e = cb.embed.float()
-            if settings.distance == "fp32":
-                right = e.t().contiguous()
-            else:
-                hi = e.to(torch.bfloat16)
-                lo = (e - hi.float()).to(torch.bfloat16)
-                right = (hi if settings.distance == "bf16" else torch.cat([hi, hi, lo], 1)).t().contiguous()
+            right = distance.split_right(e, settings.distance)
             levels.append(_Level(block=tap, ln_w=norm.weight.float(), ln_b=norm.bias.float(), eps=norm.eps,
                                  embed=e.contiguous(), right=right, half_sq=0.5 * e.pow(2).sum(1)))
         fast = cls(settings=settings, compute_dtype=cd, stem_table=table, stem_bias=enc.stem.bias.float(),

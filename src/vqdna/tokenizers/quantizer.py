@@ -23,18 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .distance import TRAIN_DISTANCES, nearest_code
+
 
 def _dist():
     import torch.distributed as dist
 
     return dist if dist.is_available() and dist.is_initialized() else None
-
-
-def nearest_code(x: torch.Tensor, embed: torch.Tensor, embed_sq: torch.Tensor | None = None) -> torch.Tensor:
-    """argmin_k ||x_i − e_k||² as one matrix product: ||e_k||² − 2·x_i·e_k (||x_i||² is constant in k)."""
-    if embed_sq is None:
-        embed_sq = embed.pow(2).sum(1)
-    return torch.addmm(embed_sq.unsqueeze(0), x, embed.t(), beta=1.0, alpha=-2.0).argmin(1)
 
 
 def code_counts(idx: torch.Tensor, size: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -81,9 +76,11 @@ class EMACodebook(nn.Module):
         self.register_buffer("cluster_size", torch.zeros(size))
         self.register_buffer("embed_sum", self.embed.clone())
         self.register_buffer("initialized", torch.zeros((), dtype=torch.bool))
+        # precision of the search in `assign` (`tokenizers.training.distance`); k-means stays fp32
+        self.distance = "fp32"
 
     def assign(self, x: torch.Tensor) -> torch.Tensor:
-        return nearest_code(x, self.embed)
+        return nearest_code(x, self.embed, mode=self.distance)
 
     def lookup(self, idx: torch.Tensor) -> torch.Tensor:
         return F.embedding(idx, self.embed)
@@ -168,6 +165,13 @@ class HierarchicalQuantizer(nn.Module):
     @property
     def sizes(self) -> list[int]:
         return [cb.size for cb in self.codebooks]
+
+    def set_distance(self, mode: str) -> None:
+        """Precision of the nearest-code search of every level (distance.TRAIN_DISTANCES)."""
+        if mode not in TRAIN_DISTANCES:
+            raise ValueError(f"tokenizers.training.distance must be one of {TRAIN_DISTANCES}, not {mode!r}")
+        for cb in self.codebooks:
+            cb.distance = mode
 
     def _hierarchical_inputs(self, latents, *, update: bool, generator=None, init_iters: int | None = None):
         """Yield (level, Z^(n), H^(n), M^(n), Ĥ^(n)) in order; optionally (re)initialise/update codebooks."""

@@ -32,6 +32,7 @@ from ..genomes.shards_io import list_shards, read_codes
 from .data import ShardStream, random_crops
 from .evaluate import evaluate_tokenizer
 from .model import VQModelConfig, VQVAE
+from .distance import TRAIN_DISTANCES
 from .quantizer import usage_and_perplexity
 from .train_path import StepOptimizer, autocast as step_autocast, cast_weights, check, set_dwconv_ln
 from .vq import VQTokenizer
@@ -73,9 +74,12 @@ class TrainSettings:
     compile_mode: str = "default"
     precision: str = "autocast"      # autocast | bf16_weights (train_path.py)
     dwconv_ln: str = "autograd"      # autograd | fused | fused_torch (train_path.DWCONV_LN, dwconv_ln.py)
+    distance: str = "fp32"           # fp32 | bf16x3: the nearest-code search (distance.py)
 
     def __post_init__(self):
         check(self.precision, self.dwconv_ln)
+        if self.distance not in TRAIN_DISTANCES:
+            raise ValueError(f"tokenizers.training.distance must be one of {TRAIN_DISTANCES}, not {self.distance!r}")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainSettings":
@@ -171,6 +175,7 @@ def train_vq_tokenizer(
     fused = dev.type == "cuda"
     set_dwconv_ln(model, settings.dwconv_ln)
     cast_weights(model, settings.precision)
+    model.quantizer.set_distance(settings.distance)
     if settings.compile and fused:
         # in place (state_dict keys unchanged); the quantizer stays eager (data-dependent EMA updates)
         mode = None if settings.compile_mode == "default" else settings.compile_mode
