@@ -17,7 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vqdna.tokenizers import dwconv_ln_triton
+from vqdna.tokenizers import dwconv_ln_bwd_triton, dwconv_ln_triton
 from vqdna.tokenizers.convnext import ConvNeXtBlock1d
 from vqdna.tokenizers.dwconv_ln import dwconv_layer_norm
 from vqdna.tokenizers.fast_encode import FastEncodeSettings
@@ -223,4 +223,212 @@ def test_triton_kernel_under_the_cpu_interpreter():
                PYTHONPATH=os.pathsep.join([str(SRC), tests_dir, os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT], env=env, capture_output=True, text=True,
                          timeout=900)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+# ---- the backward kernel (`dwconv_ln_bwd_triton.py`) -------------------------------------------
+
+def conv_ln_grads(x, w, b, ln_w, ln_b, dy, eps=1e-5):
+    """Gradients (x, w, b, ln_w, ln_b) of torch's own conv1d + layer_norm in float64 (autograd)."""
+    ins = [t.detach().double().requires_grad_() for t in (x, w, b, ln_w, ln_b)]
+    y = conv_ln(ins[0], None, *ins[1:], eps)
+    return torch.autograd.grad(y, ins, dy.double())
+
+
+def test_backward_op_fake_schema_and_cpu_path():
+    """The op on CPU is the PyTorch backward: autograd's gradients, each in its parameter's dtype."""
+    x, w, b, ln_w, ln_b, _ = inputs(2, 9, 12, k=5)
+    _, mean, rstd = dwconv_ln_triton.reference_forward(x, None, w, b, ln_w, ln_b, 1e-5, torch.float32)
+    dy = torch.randn_like(x)
+    torch.library.opcheck(dwconv_ln_bwd_triton.dwconv_ln_backward, (dy, x, w, b, ln_w, mean, rstd),
+                          test_utils=("test_schema", "test_faketensor"))
+    got = dwconv_ln_bwd_triton.dwconv_ln_backward(dy, x, w, b, ln_w, mean, rstd)
+    for a, r in zip(got, conv_ln_grads(x, w, b, ln_w, ln_b, dy)):
+        assert a.dtype == torch.float32 and a.shape == r.shape
+        torch.testing.assert_close(a.double(), r, atol=1e-4, rtol=1e-4)
+    assert not dwconv_ln_bwd_triton.supported(x, w)  # CPU: never the kernel outside the interpreter tests
+
+
+def test_backward_tuning_key_and_names():
+    x, w, b, ln_w, ln_b, _ = inputs(2, 9, 12)
+    key = dwconv_ln_bwd_triton.tune_key
+    assert key(x, w, x) != key(torch.cat([x] * 4), w, x) and key(x, w, x) != key(x, w, x.bfloat16())
+    assert key(x, w, x) != dwconv_ln_triton.tune_key(x, w, None, torch.float32, True)
+    assert dwconv_ln_triton.key_name(key(x, w, x)).startswith("backward k=7 D=12 L=9")
+    assert "programs/SM" in dwconv_ln_triton.config_name(dwconv_ln_bwd_triton.CANDIDATES[0])
+    # no candidate whose chunk is mostly past a short sequence's end
+    assert all(c[1] * c[2] <= 32 for c in dwconv_ln_bwd_triton.candidates(9))
+
+
+BACKWARD_SCRIPT = textwrap.dedent("""
+    import torch
+    from vqdna.tokenizers import dwconv_ln_bwd_triton as kb
+    from vqdna.tokenizers import dwconv_ln_triton as kt
+    from test_tokenizers_dwconv_triton import conv_ln_grads, inputs
+
+    def rel(a, r):
+        return ((a.double() - r.double()).norm() / r.double().norm()).item()
+
+    def stats(x, w, b, ln_w, ln_b):
+        return kt.reference_forward(x, None, w, b, ln_w, ln_b, 1e-5, torch.float32)[1:]
+
+    # 1. fp32 against autograd of conv1d + layer_norm (float64): lanes of `steps` rows walking a sequence
+    #    with a 3-row dc halo each side, chunks past L, L shorter than one lane and not a multiple of a
+    #    chunk, two programs walking several chunks each (the last past the end), sequences on different
+    #    scales (x[0] += 5: any bleed across a boundary shows), D not a power of two, k = 3, 5, 7
+    for (batch, length, dim, k, lanes, steps, stages, per_sm) in [
+            (3, 37, 20, 7, 2, 4, 2, 1), (2, 29, 24, 7, 1, 8, 1, 2), (2, 13, 12, 7, 1, 32, 1, 1),
+            (2, 3, 10, 7, 2, 4, 1, 1), (1, 2, 7, 7, 1, 4, 1, 1), (3, 21, 16, 3, 2, 4, 1, 1),
+            (2, 17, 7, 5, 4, 2, 2, 1), (4, 9, 20, 5, 1, 4, 1, 8)]:
+        x, w, b, ln_w, ln_b, _ = inputs(batch, length, dim, k, seed=length)
+        dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(dim))
+        ref = conv_ln_grads(x, w, b, ln_w, ln_b, dy)
+        cfg = ("bwd", lanes, steps, 4, stages, per_sm)
+        got = kb.triton_backward(dy, x, w, b, ln_w, *stats(x, w, b, ln_w, ln_b), config=cfg)
+        for name, a, r in zip(("dx", "d_w", "d_b", "d_ln_w", "d_ln_b"), got, ref):
+            assert a.dtype == torch.float32 and a.shape == r.shape, (name, cfg)
+            assert rel(a, r) < 1e-5, (name, batch, length, dim, k, cfg, rel(a, r))
+        # the interpreter's default configuration gives the same numbers up to summation order
+        for a, r in zip(kb.triton_backward(dy, x, w, b, ln_w, *stats(x, w, b, ln_w, ln_b)), got):
+            assert rel(a, r) < 1e-6
+
+    # 2. strided inputs read in place: x a window of a longer buffer or time-major, dy time-major,
+    #    transposed taps
+    x, w, b, ln_w, ln_b, _ = inputs(3, 19, 24)
+    dy = torch.randn_like(x)
+    ref = conv_ln_grads(x, w, b, ln_w, ln_b, dy)
+    big = torch.randn(3, 26, 24)
+    big[:, 4:23] = x
+    time_major = x.transpose(0, 1).contiguous().transpose(0, 1)
+    dy_t = dy.transpose(0, 1).contiguous().transpose(0, 1)
+    w_t = w.t().contiguous().t()
+    for xs, dys in ((big[:, 4:23], dy), (time_major, dy_t), (x[:, :, :], dy[:, :, :].expand(3, 19, 24))):
+        got = kb.triton_backward(dys, xs, w_t, b, ln_w, *stats(x, w, b, ln_w, ln_b))
+        assert not xs.is_contiguous() or xs is not x
+        for a, r in zip(got, ref):
+            assert rel(a, r) < 1e-5, xs.stride()
+
+    # 3. bf16 activations and parameters: dtypes kept, the PyTorch backward's numbers (both round dc to
+    #    bf16 before dx, d_w and d_b) and autograd's within bf16 rounding. Loose: Triton's interpreter
+    #    truncates fp32 -> bf16 (about half of its conversions differ from torch's round-to-nearest), the
+    #    GPU rounds to nearest; bench/dwconv_ln_kernel_check.py compares the GPU's numbers tightly
+    x, w, b, ln_w, ln_b, _ = inputs(2, 37, 48, dtype=torch.bfloat16)
+    dy = torch.randn(x.shape).bfloat16()
+    mean, rstd = stats(x, w, b, ln_w, ln_b)
+    ref = kb.reference_backward(dy, x, w, b, ln_w, mean, rstd)
+    exact = conv_ln_grads(x, w, b, ln_w, ln_b, dy)
+    for cfg in (kb.INTERPRETER_CONFIG, ("bwd", 1, 8, 4, 2, 1)):
+        got = kb.triton_backward(dy, x, w, b, ln_w, mean, rstd, config=cfg)
+        for name, a, r, e in zip(("dx", "d_w", "d_b", "d_ln_w", "d_ln_b"), got, ref, exact):
+            assert a.dtype == r.dtype == torch.bfloat16, name
+            assert rel(a, r) < 1.2e-2 and rel(a, e) < 1.2e-2, (name, cfg, rel(a, r), rel(a, e))
+
+    # 4. longer kernels: not the kernel's (the autograd function takes the PyTorch backward)
+    x, w, b, ln_w, ln_b, _ = inputs(2, 12, 8, k=9)
+    try:
+        kb.triton_backward(x, x, w, b, ln_w, *stats(x, w, b, ln_w, ln_b))
+        raise AssertionError("backward kernel accepted k = 9")
+    except ValueError:
+        pass
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(not _has_triton(), reason="Triton not installed")
+def test_triton_backward_kernel_under_the_cpu_interpreter():
+    tests_dir = str(Path(__file__).resolve().parent)
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(SRC), tests_dir, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", BACKWARD_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=900)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+COMPILED_STEP_SCRIPT = textwrap.dedent("""
+    import copy
+    import torch
+    from vqdna.tokenizers import dwconv_ln_bwd_triton as kb
+    from vqdna.tokenizers import dwconv_ln_triton as kt
+    from vqdna.tokenizers.convnext import ConvNeXtBlock1d
+    from vqdna.tokenizers.dwconv_ln import dwconv_layer_norm
+    from vqdna.tokenizers.model import VQModelConfig, VQVAE
+    from vqdna.tokenizers.train_path import set_dwconv_ln
+    from test_tokenizers_dwconv_triton import inputs
+
+    def rel(a, r):
+        return ((a.double() - r.double()).norm() / r.double().norm()).item()
+
+    # Triton "available" for CPU tensors (the interpreter runs the kernels); count the kernel calls
+    calls = {"fwd": 0, "bwd": 0}
+    fwd_kernel, bwd_kernel = kt.triton_forward, kb.triton_backward
+    def count_fwd(*a, **kw):
+        calls["fwd"] += 1
+        return fwd_kernel(*a, **kw)
+    def count_bwd(*a, **kw):
+        calls["bwd"] += 1
+        return bwd_kernel(*a, **kw)
+    kt.triton_forward, kb.triton_backward = count_fwd, count_bwd
+    kt.triton_available = lambda device: True
+
+    # 1. the autograd function: "triton" runs both kernels, "triton_fwd" only the forward, "torch"
+    #    neither, k = 9 the PyTorch backward; values and gradients equal in fp32
+    x, w, b, ln_w, ln_b, _ = inputs(3, 19, 24)
+    dy = torch.randn_like(x)
+    outs = {}
+    for name, expect in (("triton", (1, 1)), ("triton_fwd", (1, 0)), ("torch", (0, 0))):
+        calls.update(fwd=0, bwd=0)
+        ins = [t.clone().requires_grad_() for t in (x, w, b, ln_w, ln_b)]
+        y = dwconv_layer_norm(*ins, 1e-5, kernel=name)
+        y.backward(dy)
+        assert (calls["fwd"], calls["bwd"]) == expect, (name, calls)
+        outs[name] = [y] + [t.grad for t in ins]
+    for name in ("triton", "triton_fwd"):
+        for a, r in zip(outs[name], outs["torch"]):
+            assert rel(a, r) < 1e-5, name
+    x9, w9, b9, lw9, lb9, _ = inputs(2, 12, 8, k=9)
+    calls.update(fwd=0, bwd=0)
+    ins = [t.clone().requires_grad_() for t in (x9, w9, b9, lw9, lb9)]
+    dwconv_layer_norm(*ins, 1e-5, kernel="triton").sum().backward()
+    assert calls["bwd"] == 0 and ins[1].grad.shape == (9, 8)
+
+    # 2. a torch.compile'd training step of a small model (`dwconv_ln: fused`): the compiled encoder and
+    #    decoder keep both ops (the kernels run once per block), and loss and gradients equal the eager
+    #    model without kernels (`fused_torch`)
+    torch.manual_seed(0)
+    ref = VQVAE(VQModelConfig(kind="vq", dim=20, stem_dim=12, depth=2, taps=[2], codebook_sizes=[16],
+                              layer_scale_init=0.5, ema_decay=0.8))
+    model = copy.deepcopy(ref)
+    set_dwconv_ln(ref, "fused_torch")
+    set_dwconv_ln(model, "fused")
+    codes = torch.randint(0, 4, (3, 21), generator=torch.Generator().manual_seed(1))
+    for m in (ref, model):
+        with torch.no_grad():
+            m.quantizer.init_codebooks(m.encoder(codes), 3, torch.Generator().manual_seed(1))
+    model.encoder.compile(dynamic=False)
+    model.decoder.compile(dynamic=False)
+    blocks = sum(isinstance(b, ConvNeXtBlock1d) for b in model.modules())
+    calls.update(fwd=0, bwd=0)
+    from torch._dynamo.utils import counters
+    counters.clear()
+    out = model(codes, update_codebooks=False)
+    out["loss"].backward()
+    assert calls == {"fwd": blocks, "bwd": blocks}, calls
+    assert not counters["graph_break"], dict(counters["graph_break"])  # the ops are opaque calls in the graph
+    out_ref = ref(codes, update_codebooks=False)
+    out_ref["loss"].backward()
+    assert abs(out["loss"].item() - out_ref["loss"].item()) < 1e-5 * abs(out_ref["loss"].item())
+    for (name, p), p2 in zip(ref.named_parameters(), model.parameters()):
+        assert p.grad is not None and p2.grad is not None, name
+        assert rel(p2.grad, p.grad) < 1e-4, (name, rel(p2.grad, p.grad))
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(not _has_triton(), reason="Triton not installed")
+def test_kernels_in_the_autograd_function_and_a_compiled_training_step():
+    tests_dir = str(Path(__file__).resolve().parent)
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(SRC), tests_dir, os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", COMPILED_STEP_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=1200)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

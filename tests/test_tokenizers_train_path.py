@@ -163,3 +163,20 @@ def test_unknown_settings_are_rejected():
     with pytest.raises(ValueError, match="precision"):
         TrainSettings.from_dict({**base, "precision": "fp8"})
     assert TrainSettings.from_dict(base).precision == "autocast"
+
+
+@pytest.mark.parametrize("dwconv_ln", ["fused_fwd", "fused_torch"])
+def test_other_fused_settings_are_the_same_model(dwconv_ln):
+    """fused_fwd (Triton forward only) and fused_torch (no kernels) select other kernels of the same
+    function: on CPU every one of them is the PyTorch code, so loss and gradients equal the modules'."""
+    old = tiny("vq")
+    new = copy.deepcopy(old)
+    set_dwconv_ln(new, dwconv_ln)
+    assert all(b.depthwise_impl == dwconv_ln for b in new.modules() if isinstance(b, ConvNeXtBlock1d))
+    x = torch.randint(0, 4, (2, 24))
+    out_old, out_new = old(x), new(x)
+    torch.testing.assert_close(out_new["loss"], out_old["loss"], rtol=1e-5, atol=1e-6)
+    out_old["loss"].backward()
+    out_new["loss"].backward()
+    for (name, p), p2 in zip(old.named_parameters(), new.parameters()):
+        torch.testing.assert_close(p2.grad, p.grad, rtol=1e-4, atol=1e-6, msg=name)

@@ -27,9 +27,13 @@ class ConvNeXtBlock1d(nn.Module):
     `depthwise_impl`: "auto" (shifted sum while compiling, convolution in eager mode), "conv", "shift",
     or "fused": conv and LayerNorm as one autograd function with a hand-written backward that saves
     no conv output (`dwconv_ln.py`; the `tokenizers.training.dwconv_ln: fused` training path), its
-    forward one Triton kernel where available (CUDA + Triton); "fused_torch": the same function with
-    the forward always in PyTorch (`dwconv_ln: fused_torch`, to turn the kernel off).
+    forward and backward Triton kernels where available (CUDA + Triton); "fused_fwd": the same with
+    only the forward a Triton kernel (backward in PyTorch); "fused_torch": both always in PyTorch
+    (`dwconv_ln: fused_fwd | fused_torch`, to turn the kernels off).
     """
+
+    # depthwise_impl -> `dwconv_layer_norm` kernel
+    FUSED_KERNELS = {"fused": "triton", "fused_fwd": "triton_fwd", "fused_torch": "torch"}
 
     depthwise_impl = "auto"
 
@@ -70,9 +74,10 @@ class ConvNeXtBlock1d(nn.Module):
 
     def conv_norm(self, x: torch.Tensor) -> torch.Tensor:
         """LayerNorm(depth-wise conv(x)), the first half of the block."""
-        if self.depthwise_impl in ("fused", "fused_torch"):
+        kernel = self.FUSED_KERNELS.get(self.depthwise_impl)
+        if kernel is not None:
             return dwconv_layer_norm(x, self.taps(), self.dwconv.bias, self.norm.weight, self.norm.bias,
-                                     self.norm.eps, kernel="torch" if self.depthwise_impl == "fused_torch" else "triton")
+                                     self.norm.eps, kernel=kernel)
         return self.norm(self.depthwise(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: [B, L, C]

@@ -214,9 +214,16 @@ TUNE_RESULTS: dict = {}   # tune key -> {config name: ms}, reported by the bench
 
 
 def config_name(cfg: tuple) -> str:
+    """Forward ('tile', 'strip') and backward ('bwd', `dwconv_ln_bwd_triton.py`) configurations."""
     if cfg[0] == "tile":
         return f"tile {cfg[1]} rows x {cfg[2]} warps"
-    return f"strip {cfg[1]} lanes x {cfg[2]} steps, {cfg[3]} warps, {cfg[4]} stages"
+    name = f"strip {cfg[1]} lanes x {cfg[2]} steps, {cfg[3]} warps, {cfg[4]} stages"
+    return f"bwd {name}, {cfg[5]} programs/SM" if cfg[0] == "bwd" else name
+
+
+def rows_bucket(x: Tensor) -> int:
+    """The total row count of x `[B, L, D]` rounded up to a power of two (see `tune_key`)."""
+    return 1 << max(x.shape[0] * x.shape[1] - 1, 0).bit_length()
 
 
 def tune_key(x: Tensor, w: Tensor, shift: Tensor | None, out_dtype: torch.dtype, stats: bool) -> tuple:
@@ -224,15 +231,20 @@ def tune_key(x: Tensor, w: Tensor, shift: Tensor | None, out_dtype: torch.dtype,
     it because the best configuration depends on how many programs fill the GPU — without it, the
     training step tuned on the 256-window batch of the codebook initialisation and kept that choice
     for the 1024-window steps (s3c call: 0.086 ms there, 0.37 ms at the real batch)."""
-    batch, length, dim = x.shape
-    rows = 1 << max(batch * length - 1, 0).bit_length()
-    return (w.shape[0], dim, length, rows, x.dtype, out_dtype, shift is not None, stats)
+    return (w.shape[0], x.shape[2], x.shape[1], rows_bucket(x), x.dtype, out_dtype, shift is not None, stats)
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
 
 
 def key_name(key: tuple) -> str:
+    if key[0] == "bwd":  # dwconv_ln_bwd_triton.tune_key
+        _, k, dim, length, rows, x_dtype, dy_dtype = key
+        return f"backward k={k} D={dim} L={length} rows<={rows} x {_dtype_name(x_dtype)}, dy {_dtype_name(dy_dtype)}"
     k, dim, length, rows, x_dtype, out_dtype, has_shift, stats = key
-    return (f"k={k} D={dim} L={length} rows<={rows} {str(x_dtype).removeprefix('torch.')}->"
-            f"{str(out_dtype).removeprefix('torch.')}{' +shift' if has_shift else ''}{' +stats' if stats else ''}")
+    return (f"k={k} D={dim} L={length} rows<={rows} {_dtype_name(x_dtype)}->"
+            f"{_dtype_name(out_dtype)}{' +shift' if has_shift else ''}{' +stats' if stats else ''}")
 
 
 def _launch(x, shift, w, b, ln_w, ln_b, y, mean, rstd, eps, cfg: tuple, stats: bool) -> None:
@@ -263,10 +275,11 @@ def _candidates(k: int, length: int) -> list[tuple]:
     return TILE_CANDIDATES + strips
 
 
-def _tune(launch, outputs, key, candidates) -> tuple:
+def _tune(launch, outputs, key, candidates, reference: tuple | None = None) -> tuple:
     """Time each candidate on the real tensors (the kernels only read their inputs); keep the fastest
-    whose outputs match the first tile configuration's (a guard against a configuration the compiler
-    gets wrong on this GPU: both kernels add the same fp32 terms in the same order)."""
+    whose outputs match the reference configuration's — by default the first tile configuration
+    (a guard against a configuration the compiler gets wrong on this GPU: both forward kernels add the
+    same fp32 terms in the same order). Shared by the forward and the backward (`dwconv_ln_bwd_triton`)."""
     from triton.testing import do_bench
 
     times = {}
@@ -276,9 +289,10 @@ def _tune(launch, outputs, key, candidates) -> tuple:
         except Exception:  # noqa: BLE001 - a candidate that does not compile (registers, shared memory) is skipped
             continue
     if not times:
-        raise RuntimeError("dwconv_ln_forward: no Triton configuration compiled")
+        raise RuntimeError(f"dwconv_ln ({key_name(key)}): no Triton configuration compiled")
     TUNE_RESULTS[key] = {config_name(cfg): ms for cfg, ms in times.items()}
-    ref_cfg = next((c for c in candidates if c[0] == "tile" and c in times), None)
+    ref_cfg = next((c for c in candidates if (c == reference if reference else c[0] == "tile") and c in times),
+                   None)
     if ref_cfg is None:
         return min(times, key=times.get)
     launch(ref_cfg)

@@ -10,9 +10,12 @@ precision:
                 codebooks, EMA statistics, distances and the losses stay fp32 as before.
 dwconv_ln:
   autograd      depth-wise conv then LayerNorm as two modules (autograd/Inductor derive the backward);
-  fused         one autograd function with a hand-written backward (`dwconv_ln.py`); its forward is
-                one Triton kernel on CUDA where Triton is importable (`dwconv_ln_triton.py`);
-  fused_torch   the same function with the forward always in PyTorch (the kernel turned off).
+  fused         one autograd function with a hand-written backward (`dwconv_ln.py`); its forward and
+                its backward are one Triton kernel each on CUDA where Triton is importable
+                (`dwconv_ln_triton.py`, `dwconv_ln_bwd_triton.py`; the backward for odd k <= 7),
+                PyTorch elsewhere;
+  fused_fwd     the same function, Triton forward, PyTorch backward (Inductor's passes when compiled);
+  fused_torch   the same function, forward and backward always in PyTorch (the kernels turned off).
 
 Both settings leave the model and the loss unchanged: in fp32 every combination computes the
 same forward, loss, gradients and EMA update (tests/test_tokenizers_train_path.py).
@@ -26,7 +29,7 @@ from ..models.optim import MasterWeightAdamW
 from .convnext import ConvNeXtBlock1d
 
 PRECISIONS = ("autocast", "bf16_weights")
-DWCONV_LN = ("autograd", "fused", "fused_torch")
+DWCONV_LN = ("autograd", "fused", "fused_fwd", "fused_torch")
 
 
 def check(precision: str, dwconv_ln: str) -> None:
