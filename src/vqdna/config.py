@@ -23,13 +23,18 @@ def schema_dir() -> Path:
     return Path(str(resources.files("vqdna") / "schemas"))
 
 
+# libyaml's parser where PyYAML was built with it: the schemas and configs are parsed by every pipeline
+# job (~0.45 s per job in pure Python, ~0.05 s with libyaml); same YAML 1.1 safe semantics
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def _load_yaml(path: Path) -> Any:
     try:
         with open(path) as fh:
             if path.suffix == ".json":
                 # YAML 1.1 would read the JSON number 1e-05 as a string
                 return json.load(fh)
-            return yaml.safe_load(fh)
+            return yaml.load(fh, Loader=_SafeLoader)  # noqa: S506 - a safe loader
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON: {exc}") from None
     except FileNotFoundError:
