@@ -27,6 +27,10 @@ vqdna variants (`VARIANTS` below):
   *_cdt                Inductor coordinate_descent_tuning (block sizes of its Triton kernels tuned)
   *_mat                torch.compile mode max-autotune-no-cudagraphs (Triton GEMM templates that
                        can take bias/GELU epilogues, chosen against cuBLAS by timing)
+  *_static             the step through vqdna.models.train_step.TrainStep (what `vqdna pretrain`
+                       runs) with a static number of scored positions per row (no host syncs)
+  *_cg                 the same, the whole step captured once as a CUDA graph and replayed
+                       (pretrain.cuda_graphs)
 
 Every run of one batch size trains from the same initial weights on the same batches (real
 token files with `--tokens`, else random ids), learning rate warmed up linearly then constant,
@@ -85,9 +89,14 @@ for _name in ("vqdna_bf16", "vqdna_bf16_fused", "vqdna_bf16_fused_rs"):
     VARIANTS[_name + "_rngfn"] = dict(VARIANTS[_name], functionalize_rng=True)
     VARIANTS[_name + "_cdt"] = dict(VARIANTS[_name], inductor={"coordinate_descent_tuning": True})
     VARIANTS[_name + "_mat"] = dict(VARIANTS[_name], compile_mode="max-autotune-no-cudagraphs")
+for _name in ("vqdna_bf16", "vqdna_bf16_fused"):
+    VARIANTS[_name + "_static"] = dict(VARIANTS[_name], static=True)
+    VARIANTS[_name + "_cg"] = dict(VARIANTS[_name], static=True, cuda_graphs=True)
+    VARIANTS[_name + "_cg_seed1"] = dict(VARIANTS[_name + "_cg"], dropout_seed=1)
 # keys that change what torch.compile produces: a run whose keys differ from the previous run's
 # resets dynamo's caches (compiled code is cached per function, and config is not guarded)
-COMPILE_KEYS = ("compile", "fp8", "fp8_recipe", "fused", "rope_separate", "functionalize_rng", "inductor", "compile_mode", "bf16")
+COMPILE_KEYS = ("compile", "fp8", "fp8_recipe", "fused", "rope_separate", "functionalize_rng", "inductor", "compile_mode", "bf16",
+                "static", "cuda_graphs")
 
 DEFAULT_RUNS = ("stock@256:30,vqdna_bf16@256:200,vqdna_fp8@256:200,vqdna_fp8_rowwise@256:200,"
                 "vqdna_bf16_seed1@256:200,stock@512:20")
@@ -111,6 +120,10 @@ def parse_args():
     p.add_argument("--profile-dir", default=None, help="write each profile's kernel table and family summary here")
     p.add_argument("--kernel-check", action="store_true",
                    help="fused add+dropout+LayerNorm op against the plain composition (errors, mask statistics, time)")
+    p.add_argument("--tile-sweep", action="store_true",
+                   help="with --kernel-check on CUDA: time the fused op's launch shapes, use the fastest for the runs")
+    p.add_argument("--tiles", default="",
+                   help="fused op launch shape for the runs, KEY=N[,KEY=N] (keys of vqdna.models.fused_norm.TILES)")
     p.add_argument("--budget-s", type=float, default=0, help="skip the remaining runs once this many seconds have passed")
     p.add_argument("--no-correctness", action="store_true", help="skip the one-step fp32 comparison")
     p.add_argument("--out", default=None, help="JSON file to write (rewritten after every run)")
@@ -158,6 +171,7 @@ class Batches:
     def __init__(self, cfg: VQDNAConfig, batch: int, seq: int, device, tokens_dir: str | None):
         self.cfg, self.batch, self.seq, self.device = cfg, batch, seq, device
         self.file = self.batcher = None
+        self.n_real = seq - 1  # maskable tokens a row: all but [CLS]
         if tokens_dir:
             from vqdna.models.pretrain import MLMBatcher, PretrainSettings
             from vqdna.tokens import TokenFile
@@ -165,6 +179,7 @@ class Batches:
             self.file = TokenFile(tokens_dir, "train")
             settings = PretrainSettings(max_len=seq, micro_batch_size=batch, mask_ratio=0.25)
             self.batcher = MLMBatcher(cfg, settings, device, seed=0, tokens_per_window=self.file.meta.tokens_per_window)
+            self.n_real = self.batcher.crop
 
     def __call__(self, step: int):
         if self.batcher is not None:
@@ -224,11 +239,22 @@ def run_variant(name, batch, steps, args, arch, vocab, device, batches) -> dict:
     dropout_seed = spec.get("dropout_seed", 0)
     model.train()
     total = args.warmup + steps
+    train_step = None
+    if spec.get("static"):  # the pretraining job's step (TrainStep), optionally as one CUDA graph
+        from vqdna.models.masking import targets_per_row
+        from vqdna.models.train_step import TrainStep
+
+        train_step = TrainStep(model, opt, master_weights=bool(spec.get("bf16")), autocast=autocast,
+                               targets_per_row=targets_per_row(batches.n_real, 0.25),
+                               cuda_graphs=bool(spec.get("cuda_graphs")), warmup_steps=3)
 
     def step(s, batch_s=None):
-        for group in opt.param_groups:
-            group["lr"] = args.lr * min(1.0, (s + 1) / args.lr_warmup)
+        lr = args.lr * min(1.0, (s + 1) / args.lr_warmup)
         masked, labels = batch_s if batch_s is not None else batches(s)
+        if train_step is not None:  # the loss buffer of a graph is rewritten by the next replay: copy
+            return train_step([(masked, None, labels)], lr, [1_000_003 * dropout_seed + s])[0]["loss"].clone()
+        for group in opt.param_groups:
+            group["lr"] = lr
         torch.manual_seed(1_000_003 * dropout_seed + s)
         with autocast:
             if stock:
@@ -391,6 +417,61 @@ def correctness(arch, vocab, seq, device, batches) -> dict:
     return checks
 
 
+def step_check(arch, vocab, device, batches, steps: int = 6) -> dict:
+    """The static masked-LM path and the CUDA-graph step against the dynamic / eager ones, same
+    weights and batches, eval mode (no dropout: the draws differ by design): the static path's
+    loss, logits and gradients vs the dynamic path (fp32); `steps` optimizer steps of the bf16
+    model with fp32 masters through TrainStep, eager vs graphed (2 eager warm-up steps, capture,
+    replays): per-step losses and final weights."""
+    from vqdna.models.masking import targets_per_row
+    from vqdna.models.optim import MasterWeightAdamW
+    from vqdna.models.train_step import TrainStep
+
+    K = targets_per_row(batches.n_real, 0.25)
+    data = [batches(20_000 + i) for i in range(steps)]
+    data = [(m[:32], l[:32]) for m, l in data]
+    torch.manual_seed(0)
+    ref = make_vqdna(arch, vocab, device).eval()
+    res = {"targets_per_row": K}
+    tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    outs, grads = [], []
+    for static in (False, True):
+        ref.zero_grad(set_to_none=True)
+        out = ref(data[0][0], None, labels=data[0][1], **({"targets_per_row": K} if static else {}))
+        out.loss.backward()
+        outs.append(out)
+        grads.append(torch.cat([p.grad.flatten().double() for p in ref.parameters() if p.grad is not None]))
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    a, b = outs
+    res["static_vs_dynamic_fp32"] = {
+        "loss_abs_diff": abs(float(a.loss.detach()) - float(b.loss.detach())), "logits_max_abs_diff": float((a.logits - b.logits).abs().max()),
+        "grad_rel_err": float((grads[1] - grads[0]).norm() / grads[0].norm()),
+        "num_masked": [int(a.num_masked), int(b.num_masked)], "num_targets_static": int(b.num_targets)}
+    if device.type != "cuda":
+        return res
+    runs = {}
+    for graphs in (False, True):
+        torch.manual_seed(0)
+        model = make_vqdna(arch, vocab, device)
+        model.load_state_dict(ref.state_dict())
+        for p in model.parameters():
+            p.data = p.data.to(torch.bfloat16)
+        model.eval()
+        opt = MasterWeightAdamW([{"params": list(model.parameters())}], lr=1e-4, betas=(0.9, 0.98),
+                                weight_decay=0.01, fused=True)
+        ts = TrainStep(model, opt, master_weights=True, grad_clip=1.0, targets_per_row=K, cuda_graphs=graphs,
+                       warmup_steps=2)
+        losses = [float(ts([(m, None, l)], 3e-4, [s])[0]["loss"]) for s, (m, l) in enumerate(data)]
+        runs[graphs] = (losses, torch.cat([p.detach().flatten().double() for p in model.parameters()]))
+    (le, we), (lg, wg) = runs[False], runs[True]
+    res["graph_vs_eager_bf16_eval"] = {
+        "steps": steps, "losses_eager": le, "losses_graph": lg,
+        "loss_max_abs_diff": max(abs(x - y) for x, y in zip(le, lg)),
+        "weights_rel_diff": float((wg - we).norm() / we.norm()), "weights_equal": bool(torch.equal(wg, we))}
+    return res
+
+
 def fp8_kernel_vs_emulation(device) -> dict:
     """The GPU float8 products (torch._scaled_mm) against the CPU path's fp32 emulation of the same
     float8 operands and scales: relative error per recipe and product (should be fp32 rounding,
@@ -420,7 +501,7 @@ def fp8_kernel_vs_emulation(device) -> dict:
     return out
 
 
-def kernel_check(device, tiny: bool = False) -> dict:
+def kernel_check(device, tiny: bool = False, sweep: bool = False) -> dict:
     """The fused add+dropout+LayerNorm op (vqdna.models.fused_norm) against the plain composition
     `x + dropout(y)`, `layer_norm` with the same keep mask (read back through the op), at the
     encoder's shape [B*T, H] in bf16: relative errors of both outputs and all four gradients
@@ -485,7 +566,69 @@ def kernel_check(device, tiny: bool = False) -> dict:
                                                                         return_mode="median"))
         # bytes that must move: forward reads x, y, writes s, h; backward reads dh, ds, s, writes dx, dy
         res["min_bytes_fwd_bwd_GB"] = 9 * N * H * 2 / 1e9
+        if sweep:
+            res["tile_sweep"] = sweep_tiles(fused_norm, x, y, w, b, gs, gh, seed, p, eps)
+            fused_norm.set_tiles(**res["tile_sweep"]["best"])
+            res["tiles_used"] = dict(fused_norm.TILES)
+            res["fused_op_best_tiles_fwd_bwd_ms"] = float(triton.testing.do_bench(fwd_bwd(fused), warmup=50, rep=200,
+                                                                                 return_mode="median"))
+            got = run(fused, torch.bfloat16)  # the installed tiles compute the same function
+            res["fused_bf16_best_tiles_rel_err_vs_fp32"] = {
+                n: float((a.double() - r.double()).norm() / r.double().norm()) for n, a, r in zip(names, got, ref)}
+    res["tiles"] = dict(fused_norm.TILES)
     return res
+
+
+# launch shapes the tile sweep times: forward (rows a program, warps), backward (rows an
+# iteration, warps, programs per multiprocessor, loop pipeline stages); one warp per row is the
+# design point (session 4, call 1: the fastest of a wider grid, now the defaults)
+FWD_TILES = ((1, 1), (2, 2), (4, 4), (8, 8), (2, 1), (4, 2), (8, 4), (16, 8))
+BWD_TILES = ((1, 1, 16, 1), (1, 1, 16, 2), (1, 1, 16, 3), (1, 1, 8, 2), (1, 1, 32, 2), (2, 1, 16, 2),
+             (2, 2, 8, 2), (4, 4, 4, 1), (4, 4, 4, 2))
+
+
+def sweep_tiles(fused_norm, x, y, w, b, gs, gh, seed, p, eps) -> dict:
+    """Forward and backward time of the fused op's kernels per launch shape (triton do_bench,
+    median), against the bytes each must move; the fastest of each is `best`."""
+    import triton.testing
+
+    N, H = x.shape
+    old = dict(fused_norm.TILES)
+    fwd, bwd = {}, {}
+    try:
+        for rows, warps in FWD_TILES:
+            fused_norm.set_tiles(fwd_rows=rows, fwd_warps=warps)
+            fwd[f"{rows}x{warps}"] = float(triton.testing.do_bench(
+                lambda: fused_norm.triton_forward(x, y, w, b, seed, p, eps), warmup=10, rep=60, return_mode="median"))
+        s, _, mean, rstd = fused_norm.triton_forward(x, y, w, b, seed, p, eps)
+        for rows, warps, per_sm, stages in BWD_TILES:
+            fused_norm.set_tiles(bwd_rows=rows, bwd_warps=warps, bwd_progs_per_sm=per_sm, bwd_stages=stages)
+            try:
+                bwd[f"{rows}x{warps}x{per_sm}x{stages}"] = float(triton.testing.do_bench(
+                    lambda: fused_norm.triton_backward(gh, gs, s, w, mean, rstd, seed, p, x.dtype, y.dtype),
+                    warmup=10, rep=60, return_mode="median"))
+            except Exception as exc:  # noqa: BLE001 - e.g. out of shared memory for the pipeline
+                bwd[f"{rows}x{warps}x{per_sm}x{stages}"] = float("inf")
+                print(f"tile {rows}x{warps}x{per_sm}x{stages}: {exc!r}"[:300], flush=True)
+        fr, fw = (int(v) for v in min(fwd, key=fwd.get).split("x"))
+        br, bw, bp, bs = (int(v) for v in min(bwd, key=bwd.get).split("x"))
+        # diagnostic only (not installed): is the Philox generator what bounds the kernels?
+        fused_norm.set_tiles(fwd_rows=fr, fwd_warps=fw, bwd_rows=br, bwd_warps=bw, bwd_progs_per_sm=bp,
+                             bwd_stages=bs, philox_rounds=7)
+        diag = {"fwd_ms_7_rounds": float(triton.testing.do_bench(
+                    lambda: fused_norm.triton_forward(x, y, w, b, seed, p, eps), warmup=10, rep=60, return_mode="median")),
+                "bwd_ms_7_rounds": float(triton.testing.do_bench(
+                    lambda: fused_norm.triton_backward(gh, gs, s, w, mean, rstd, seed, p, x.dtype, y.dtype),
+                    warmup=10, rep=60, return_mode="median")),
+                "fwd_ms_no_dropout": float(triton.testing.do_bench(
+                    lambda: fused_norm.triton_forward(x, y, w, b, seed, 0.0, eps), warmup=10, rep=60, return_mode="median"))}
+    finally:
+        fused_norm.set_tiles(**old)
+    gb = 2 * N * H * x.element_size() / 1e9  # GB of two [N, H] tensors
+    return {"fwd_ms": fwd, "bwd_ms": bwd, "diagnostic": diag,
+            "fwd_min_ms_at_4TBps": 2 * gb / 4.0, "bwd_min_ms_at_4TBps": 2.5 * gb / 4.0,
+            "best": {"fwd_rows": fr, "fwd_warps": fw, "bwd_rows": br, "bwd_warps": bw, "bwd_progs_per_sm": bp,
+                     "bwd_stages": bs}}
 
 
 def compare_curves(runs: list[dict], window: int) -> dict:
@@ -568,6 +711,10 @@ def main():
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if args.tiles:
+        from vqdna.models import fused_norm
+
+        fused_norm.set_tiles(**{k: int(v) for k, v in (kv.split("=") for kv in args.tiles.split(","))})
     arch = shapes(args)
     args.seq_len = 32 if args.tiny else args.seq
     runs = []
@@ -617,7 +764,7 @@ def main():
             result["correctness"]["fp8_kernel_vs_cpu_emulation_rel_err"] = repr(exc)[:300]
     if args.kernel_check:
         try:
-            result["kernel_check"] = kernel_check(device, tiny=args.tiny)
+            result["kernel_check"] = kernel_check(device, tiny=args.tiny, sweep=args.tile_sweep)
         except Exception as exc:  # noqa: BLE001
             result["kernel_check"] = {"error": repr(exc)[:2000]}
         print("kernel_check:", json.dumps(result["kernel_check"]), flush=True)
@@ -647,6 +794,14 @@ def main():
         print(json.dumps({k: v for k, v in r.items() if k != "loss_curve"}), flush=True)
         summarise(result)
         write(result, args.out)
+    if not args.no_correctness:  # after the runs: a failed graph capture must not cost them
+        try:
+            result["correctness"]["step_check"] = step_check(arch, vocab, device, batches_for(runs[0][1]))
+        except Exception as exc:  # noqa: BLE001
+            import traceback
+
+            result["correctness"]["step_check"] = {"error": traceback.format_exc()[-2000:]}
+        print("step_check:", json.dumps(result["correctness"]["step_check"]), flush=True)
     result["complete"] = True
     summarise(result)
     write(result, args.out)

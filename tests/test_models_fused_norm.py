@@ -217,20 +217,25 @@ def test_triton_kernels_under_the_cpu_interpreter():
     script = textwrap.dedent("""
         import torch, torch.nn.functional as F
         from vqdna.models import fused_norm as fn
-        N, H, p = 13, 96, 0.2
-        x, y, gh, gs = (torch.randn(N, H) for _ in range(4))
-        w, b = torch.randn(H), torch.randn(H)
-        seed = torch.tensor([9])
-        s, h, mean, rstd = fn.triton_forward(x, y, w, b, seed, p, 1e-5)
-        keep = fn.triton_forward(torch.zeros_like(x), torch.ones_like(y), w, b, seed, p, 1e-5)[0] > 0
-        assert abs(keep.float().mean().item() - (1 - p)) < 0.05
-        ins = [t.clone().requires_grad_() for t in (x, y, w, b)]
-        s2 = ins[0] + torch.where(keep, ins[1] / (1 - p), 0.0)
-        h2 = F.layer_norm(s2, (H,), ins[2], ins[3], 1e-5)
-        torch.autograd.backward([s2, h2], [gs, gh])
-        got = fn.triton_backward(gh, gs, s, w, mean, rstd, seed, p, torch.float32, torch.float32)
-        for a, r in zip((s, h) + tuple(got), [s2, h2] + [t.grad for t in ins]):
-            assert ((a - r).norm() / r.norm()).item() < 1e-5
+        # one chunk (H <= 128 lanes for fp32), three chunks of 128, three of 256 (H > 4 x 128), with
+        # the default launch shape and others (several rows per program / per warp, loop stages)
+        cases = [(13, 96, 0.2, {}), (13, 300, 0.2, dict(fwd_rows=2, fwd_warps=2, bwd_rows=2, bwd_warps=1)),
+                 (9, 520, 0.3, dict(fwd_rows=4, fwd_warps=4, bwd_rows=4, bwd_warps=4, bwd_progs_per_sm=1, bwd_stages=2))]
+        for N, H, p, tiles in cases:
+            fn.set_tiles(**tiles)
+            x, y, gh, gs = (torch.randn(N, H) for _ in range(4))
+            w, b = torch.randn(H), torch.randn(H)
+            seed = torch.tensor([9])
+            s, h, mean, rstd = fn.triton_forward(x, y, w, b, seed, p, 1e-5)
+            keep = fn.triton_forward(torch.zeros_like(x), torch.ones_like(y), w, b, seed, p, 1e-5)[0] > 0
+            assert abs(keep.float().mean().item() - (1 - p)) < 0.05
+            ins = [t.clone().requires_grad_() for t in (x, y, w, b)]
+            s2 = ins[0] + torch.where(keep, ins[1] / (1 - p), 0.0)
+            h2 = F.layer_norm(s2, (H,), ins[2], ins[3], 1e-5)
+            torch.autograd.backward([s2, h2], [gs, gh])
+            got = fn.triton_backward(gh, gs, s, w, mean, rstd, seed, p, torch.float32, torch.float32)
+            for a, r in zip((s, h) + tuple(got), [s2, h2] + [t.grad for t in ins]):
+                assert ((a - r).norm() / r.norm()).item() < 1e-5, (N, H, tiles)
         print("ok")
     """)
     env = dict(os.environ, TRITON_INTERPRET="1",

@@ -90,11 +90,14 @@ def reference_backward(dh: Tensor, ds: Tensor | None, s: Tensor, weight: Tensor,
 # ---- Triton kernels (CUDA) ----------------------------------------------------------------
 
 if triton is not None:
-    # A row of width H is handled as four column chunks of Q = next_pow2(ceil(H / 4)) lanes:
-    # one Philox call (tl.rand4x) gives four random numbers, one for the same lane of each
-    # chunk, so the generator runs once per four elements (Philox is what bounds a one-number-
-    # per-element dropout kernel on this GPU: profile of session 3). The counter is
-    # row * Q + lane, the same in forward and backward.
+    # Layout: a row of width H is NCHUNK (<= 4) column chunks of Q lanes, Q = 32 threads x one
+    # 16-byte vector each (256 lanes for bf16), and a program holds BLOCK_M rows with one warp per
+    # row by default: every load and store is a full 16-byte vector and the row sums are warp
+    # shuffles, no shared-memory round trip (what Triton's LayerNorm tutorial and Apex's
+    # dropout_add_layer_norm do; session 3's 2-row tiles over 8 warps gave each thread 4-byte
+    # accesses and a cross-warp reduction per row pair). One Philox call (tl.rand4x) gives four
+    # random numbers, one for the same lane of each chunk; the counter is row * Q + lane, the same
+    # in forward and backward, so backward regenerates the forward's mask.
 
     @triton.jit
     def _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, chunk: tl.constexpr, Q: tl.constexpr,
@@ -120,31 +123,49 @@ if triton is not None:
     @triton.jit
     def _fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, s_ptr, h_ptr, mean_ptr, rstd_ptr, seed_ptr,
                     n_rows, n_cols, p, scale, eps,
-                    BLOCK_M: tl.constexpr, Q: tl.constexpr, HAS_DROPOUT: tl.constexpr):
+                    BLOCK_M: tl.constexpr, Q: tl.constexpr, NCHUNK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
+                    ROUNDS: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         lanes = tl.arange(0, Q)
         row_ok = rows < n_rows
         if HAS_DROPOUT:
             seed = tl.load(seed_ptr)
-            r0, r1, r2, r3 = tl.rand4x(seed, rows[:, None] * Q + lanes[None, :])
+            r0, r1, r2, r3 = tl.rand4x(seed, rows[:, None] * Q + lanes[None, :], ROUNDS)
         else:
             r0, r1, r2, r3 = 0.0, 0.0, 0.0, 0.0
+        # chunks past NCHUNK are skipped at compile time (constexpr ifs): no dead lanes for a
+        # width of 3 x 256 (BERT-base)
         s0, m0, o0, c0 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 0, Q, n_cols, r0, p, scale, HAS_DROPOUT)
-        s1, m1, o1, c1 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 1, Q, n_cols, r1, p, scale, HAS_DROPOUT)
-        s2, m2, o2, c2 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 2, Q, n_cols, r2, p, scale, HAS_DROPOUT)
-        s3, m3, o3, c3 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 3, Q, n_cols, r3, p, scale, HAS_DROPOUT)
-        mean = (tl.sum(s0, axis=1) + tl.sum(s1, axis=1) + tl.sum(s2, axis=1) + tl.sum(s3, axis=1)) / n_cols
+        acc = tl.sum(s0, axis=1)
+        if NCHUNK > 1:
+            s1, m1, o1, c1 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 1, Q, n_cols, r1, p, scale, HAS_DROPOUT)
+            acc += tl.sum(s1, axis=1)
+        if NCHUNK > 2:
+            s2, m2, o2, c2 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 2, Q, n_cols, r2, p, scale, HAS_DROPOUT)
+            acc += tl.sum(s2, axis=1)
+        if NCHUNK > 3:
+            s3, m3, o3, c3 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 3, Q, n_cols, r3, p, scale, HAS_DROPOUT)
+            acc += tl.sum(s3, axis=1)
+        mean = acc / n_cols
         d0 = tl.where(m0, s0 - mean[:, None], 0.0)
-        d1 = tl.where(m1, s1 - mean[:, None], 0.0)
-        d2 = tl.where(m2, s2 - mean[:, None], 0.0)
-        d3 = tl.where(m3, s3 - mean[:, None], 0.0)
-        var = (tl.sum(d0 * d0, axis=1) + tl.sum(d1 * d1, axis=1) + tl.sum(d2 * d2, axis=1)
-               + tl.sum(d3 * d3, axis=1)) / n_cols
-        rstd = 1.0 / tl.sqrt(var + eps)
+        var = tl.sum(d0 * d0, axis=1)
+        if NCHUNK > 1:
+            d1 = tl.where(m1, s1 - mean[:, None], 0.0)
+            var += tl.sum(d1 * d1, axis=1)
+        if NCHUNK > 2:
+            d2 = tl.where(m2, s2 - mean[:, None], 0.0)
+            var += tl.sum(d2 * d2, axis=1)
+        if NCHUNK > 3:
+            d3 = tl.where(m3, s3 - mean[:, None], 0.0)
+            var += tl.sum(d3 * d3, axis=1)
+        rstd = 1.0 / tl.sqrt(var / n_cols + eps)
         _store_norm(h_ptr, w_ptr, b_ptr, s0, m0, o0, c0, n_cols, mean, rstd)
-        _store_norm(h_ptr, w_ptr, b_ptr, s1, m1, o1, c1, n_cols, mean, rstd)
-        _store_norm(h_ptr, w_ptr, b_ptr, s2, m2, o2, c2, n_cols, mean, rstd)
-        _store_norm(h_ptr, w_ptr, b_ptr, s3, m3, o3, c3, n_cols, mean, rstd)
+        if NCHUNK > 1:
+            _store_norm(h_ptr, w_ptr, b_ptr, s1, m1, o1, c1, n_cols, mean, rstd)
+        if NCHUNK > 2:
+            _store_norm(h_ptr, w_ptr, b_ptr, s2, m2, o2, c2, n_cols, mean, rstd)
+        if NCHUNK > 3:
+            _store_norm(h_ptr, w_ptr, b_ptr, s3, m3, o3, c3, n_cols, mean, rstd)
         tl.store(mean_ptr + rows, mean, mask=row_ok)
         tl.store(rstd_ptr + rows, rstd, mask=row_ok)
 
@@ -175,66 +196,114 @@ if triton is not None:
     def _bwd_kernel(dh_ptr, ds_ptr, s_ptr, w_ptr, mean_ptr, rstd_ptr, seed_ptr,
                     dx_ptr, dy_ptr, dw_ptr, db_ptr,
                     n_rows, n_cols, rows_per_prog, p, scale,
-                    BLOCK_M: tl.constexpr, Q: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                    HAS_DS: tl.constexpr):
+                    BLOCK_M: tl.constexpr, Q: tl.constexpr, NCHUNK: tl.constexpr,
+                    HAS_DROPOUT: tl.constexpr, HAS_DS: tl.constexpr, ROUNDS: tl.constexpr,
+                    STAGES: tl.constexpr):
+        # a persistent program walks a stripe of rows, BLOCK_M at a time; its weight/bias-gradient
+        # partial sums stay [BLOCK_M, Q] register tiles (reduced over rows once, at the end: no
+        # cross-warp reduction inside the loop). STAGES > 1 lets Triton's pipeliner issue the next
+        # rows' loads while this row computes (one warp per row leaves few loads in flight per SM)
         pid = tl.program_id(0)
         lanes = tl.arange(0, Q)
-        dw0 = tl.zeros([Q], dtype=tl.float32)
-        dw1 = tl.zeros([Q], dtype=tl.float32)
-        dw2 = tl.zeros([Q], dtype=tl.float32)
-        dw3 = tl.zeros([Q], dtype=tl.float32)
-        db0 = tl.zeros([Q], dtype=tl.float32)
-        db1 = tl.zeros([Q], dtype=tl.float32)
-        db2 = tl.zeros([Q], dtype=tl.float32)
-        db3 = tl.zeros([Q], dtype=tl.float32)
+        dw0 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
+        db0 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
+        dw1 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
+        db1 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
+        dw2 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
+        db2 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
+        dw3 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
+        db3 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
         first = pid * rows_per_prog
         end = tl.minimum(first + rows_per_prog, n_rows)
         seed = tl.load(seed_ptr)
-        for r0_ in range(first, end, BLOCK_M):
+        for r0_ in tl.range(first, end, BLOCK_M, num_stages=STAGES):
             rows = r0_ + tl.arange(0, BLOCK_M)
             row_ok = rows < end
             mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
             rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
             x0, h0, g0, m0, o0 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 0, Q, n_cols, mean, rstd)
-            x1, h1, g1, m1, o1 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 1, Q, n_cols, mean, rstd)
-            x2, h2, g2, m2, o2 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 2, Q, n_cols, mean, rstd)
-            x3, h3, g3, m3, o3 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 3, Q, n_cols, mean, rstd)
-            c1 = (tl.sum(x0 * g0, axis=1) + tl.sum(x1 * g1, axis=1) + tl.sum(x2 * g2, axis=1)
-                  + tl.sum(x3 * g3, axis=1)) / n_cols
-            c2 = (tl.sum(g0, axis=1) + tl.sum(g1, axis=1) + tl.sum(g2, axis=1) + tl.sum(g3, axis=1)) / n_cols
+            c1 = tl.sum(x0 * g0, axis=1)
+            c2 = tl.sum(g0, axis=1)
+            if NCHUNK > 1:
+                x1, h1, g1, m1, o1 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 1, Q, n_cols, mean, rstd)
+                c1 += tl.sum(x1 * g1, axis=1)
+                c2 += tl.sum(g1, axis=1)
+            if NCHUNK > 2:
+                x2, h2, g2, m2, o2 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 2, Q, n_cols, mean, rstd)
+                c1 += tl.sum(x2 * g2, axis=1)
+                c2 += tl.sum(g2, axis=1)
+            if NCHUNK > 3:
+                x3, h3, g3, m3, o3 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 3, Q, n_cols, mean, rstd)
+                c1 += tl.sum(x3 * g3, axis=1)
+                c2 += tl.sum(g3, axis=1)
+            c1 = c1 / n_cols
+            c2 = c2 / n_cols
             if HAS_DROPOUT:
-                q0, q1, q2, q3 = tl.rand4x(seed, rows[:, None] * Q + lanes[None, :])
+                q0, q1, q2, q3 = tl.rand4x(seed, rows[:, None] * Q + lanes[None, :], ROUNDS)
             else:
                 q0, q1, q2, q3 = 0.0, 0.0, 0.0, 0.0
             _store_grad(ds_ptr, dx_ptr, dy_ptr, x0, g0, m0, o0, c1, c2, rstd, q0, p, scale, HAS_DROPOUT, HAS_DS)
-            _store_grad(ds_ptr, dx_ptr, dy_ptr, x1, g1, m1, o1, c1, c2, rstd, q1, p, scale, HAS_DROPOUT, HAS_DS)
-            _store_grad(ds_ptr, dx_ptr, dy_ptr, x2, g2, m2, o2, c1, c2, rstd, q2, p, scale, HAS_DROPOUT, HAS_DS)
-            _store_grad(ds_ptr, dx_ptr, dy_ptr, x3, g3, m3, o3, c1, c2, rstd, q3, p, scale, HAS_DROPOUT, HAS_DS)
-            dw0 += tl.sum(h0 * x0, axis=0)
-            dw1 += tl.sum(h1 * x1, axis=0)
-            dw2 += tl.sum(h2 * x2, axis=0)
-            dw3 += tl.sum(h3 * x3, axis=0)
-            db0 += tl.sum(h0, axis=0)
-            db1 += tl.sum(h1, axis=0)
-            db2 += tl.sum(h2, axis=0)
-            db3 += tl.sum(h3, axis=0)
+            dw0 += h0 * x0
+            db0 += h0
+            if NCHUNK > 1:
+                _store_grad(ds_ptr, dx_ptr, dy_ptr, x1, g1, m1, o1, c1, c2, rstd, q1, p, scale, HAS_DROPOUT, HAS_DS)
+                dw1 += h1 * x1
+                db1 += h1
+            if NCHUNK > 2:
+                _store_grad(ds_ptr, dx_ptr, dy_ptr, x2, g2, m2, o2, c1, c2, rstd, q2, p, scale, HAS_DROPOUT, HAS_DS)
+                dw2 += h2 * x2
+                db2 += h2
+            if NCHUNK > 3:
+                _store_grad(ds_ptr, dx_ptr, dy_ptr, x3, g3, m3, o3, c1, c2, rstd, q3, p, scale, HAS_DROPOUT, HAS_DS)
+                dw3 += h3 * x3
+                db3 += h3
         base = pid * n_cols
-        tl.store(dw_ptr + base + lanes, dw0, mask=lanes < n_cols)
-        tl.store(dw_ptr + base + Q + lanes, dw1, mask=Q + lanes < n_cols)
-        tl.store(dw_ptr + base + 2 * Q + lanes, dw2, mask=2 * Q + lanes < n_cols)
-        tl.store(dw_ptr + base + 3 * Q + lanes, dw3, mask=3 * Q + lanes < n_cols)
-        tl.store(db_ptr + base + lanes, db0, mask=lanes < n_cols)
-        tl.store(db_ptr + base + Q + lanes, db1, mask=Q + lanes < n_cols)
-        tl.store(db_ptr + base + 2 * Q + lanes, db2, mask=2 * Q + lanes < n_cols)
-        tl.store(db_ptr + base + 3 * Q + lanes, db3, mask=3 * Q + lanes < n_cols)
+        # dw and db partials: rows [0, n_prog) and [n_prog, 2 n_prog) of one buffer (one sum)
+        tl.store(dw_ptr + base + lanes, tl.sum(dw0, axis=0), mask=lanes < n_cols)
+        tl.store(db_ptr + base + lanes, tl.sum(db0, axis=0), mask=lanes < n_cols)
+        if NCHUNK > 1:
+            tl.store(dw_ptr + base + Q + lanes, tl.sum(dw1, axis=0), mask=Q + lanes < n_cols)
+            tl.store(db_ptr + base + Q + lanes, tl.sum(db1, axis=0), mask=Q + lanes < n_cols)
+        if NCHUNK > 2:
+            tl.store(dw_ptr + base + 2 * Q + lanes, tl.sum(dw2, axis=0), mask=2 * Q + lanes < n_cols)
+            tl.store(db_ptr + base + 2 * Q + lanes, tl.sum(db2, axis=0), mask=2 * Q + lanes < n_cols)
+        if NCHUNK > 3:
+            tl.store(dw_ptr + base + 3 * Q + lanes, tl.sum(dw3, axis=0), mask=3 * Q + lanes < n_cols)
+            tl.store(db_ptr + base + 3 * Q + lanes, tl.sum(db3, axis=0), mask=3 * Q + lanes < n_cols)
 
 
-def _tiles(n_cols: int) -> tuple[int, int, int]:
-    """Rows per tile, chunk width Q (four chunks cover the row), warps: ~2048 lanes a tile (two
-    rows of a BERT-size width), few enough registers per thread for several programs per SM."""
-    q = triton.next_power_of_2(triton.cdiv(n_cols, 4))
-    block_m = max(1, min(16, 512 // q))
-    return block_m, q, 8 if 4 * q >= 1024 else 4
+# Launch shape: rows per program (forward), rows per loop iteration (backward), warps, persistent
+# backward programs per multiprocessor, backward loop pipeline stages. Defaults: the fastest of
+# the bench's sweep on an H200 at [65536 x 768] bf16 (session 4: one warp = one row, forward 120
+# us, backward 247 us a call; 4-row / 4-warp tiles 124 / 311 us). The bench's --tile-sweep times
+# a grid of these (bench/pretrain_bench.py FWD_TILES, BWD_TILES) and `set_tiles` installs the
+# fastest for the rest of that process.
+TILES = {"fwd_rows": 1, "fwd_warps": 1, "bwd_rows": 1, "bwd_warps": 1, "bwd_progs_per_sm": 16, "bwd_stages": 1,
+         # Philox rounds (10 = curand's and Triton's default); the bench times 7 (the fewest
+         # Random123 reports as crush-resistant) only to see whether the generator bounds the kernels
+         "philox_rounds": 10}
+
+
+def set_tiles(**tiles) -> dict:
+    """Change the launch shape (keys of TILES); returns the previous one."""
+    unknown = set(tiles) - set(TILES)
+    if unknown:
+        raise KeyError(f"unknown tile keys {sorted(unknown)}")
+    old = dict(TILES)
+    TILES.update({k: int(v) for k, v in tiles.items()})
+    return old
+
+
+def _chunks(n_cols: int, elem_bytes: int) -> tuple[int, int]:
+    """(Q, NCHUNK): Q = lanes of one chunk = 32 threads x one 16-byte vector (256 for bf16, 128
+    for fp32), at most 4 chunks a row (one rand4x call covers a lane of each); wider rows get
+    wider chunks (several vectors per thread)."""
+    q = 32 * max(1, 16 // elem_bytes)
+    while 4 * q < n_cols:
+        q *= 2
+    if n_cols < q:  # narrow rows (tests, tiny models): one chunk of the row's width
+        q = triton.next_power_of_2(n_cols)
+    return q, triton.cdiv(n_cols, q)
 
 
 def _check_size(n: int) -> None:
@@ -248,16 +317,18 @@ def triton_forward(x, y, weight, bias, seed, p, eps):
     H = x.shape[-1]
     x2, y2 = x.reshape(-1, H).contiguous(), y.reshape(-1, H).contiguous()
     N = x2.shape[0]
-    _check_size(N * H)
     s = torch.empty((N, H), device=x.device, dtype=out_dtype)
     h = torch.empty_like(s)
     mean = torch.empty(N, device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
-    block_m, q, warps = _tiles(H)
+    q, nchunk = _chunks(H, s.element_size())
+    _check_size(N * max(H, q * nchunk))
+    block_m = TILES["fwd_rows"]
     _fwd_kernel[(triton.cdiv(N, block_m),)](
         x2, y2, weight.contiguous(), bias.contiguous(), s, h, mean, rstd, seed, N, H, p,
         1.0 / (1.0 - p) if p < 1 else 0.0, eps,
-        BLOCK_M=block_m, Q=q, HAS_DROPOUT=p > 0, num_warps=warps)
+        BLOCK_M=block_m, Q=q, NCHUNK=nchunk, HAS_DROPOUT=p > 0, ROUNDS=TILES["philox_rounds"],
+        num_warps=TILES["fwd_warps"])
     shape = x.shape[:-1]
     return s.view(*shape, H), h.view(*shape, H), mean.view(shape), rstd.view(shape)
 
@@ -268,24 +339,27 @@ def triton_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype):
     ds2 = ds.reshape(-1, H).contiguous() if ds is not None else dh2  # dh2: a valid pointer, never read
     s2 = s.reshape(-1, H)
     N = s2.shape[0]
-    _check_size(N * H)
     dx = torch.empty((N, H), device=s.device, dtype=x_dtype)
     dy = torch.empty((N, H), device=s.device, dtype=y_dtype)
-    block_m, q, warps = _tiles(H)
-    # several programs per multiprocessor, each looping over a stripe of rows and keeping its
-    # weight/bias-gradient partial sums in registers; one small sum over programs at the end
-    # (CPU tensors only under Triton's interpreter, in the kernel tests)
+    q, nchunk = _chunks(H, s.element_size())
+    _check_size(N * max(H, q * nchunk))
+    block_m = TILES["bwd_rows"]
+    # persistent programs, each looping over a stripe of rows with its weight/bias-gradient
+    # partial sums in registers; one small sum over programs at the end (CPU tensors only under
+    # Triton's interpreter, in the kernel tests)
     sms = torch.cuda.get_device_properties(s.device).multi_processor_count if s.is_cuda else 2
-    n_prog = max(1, min(triton.cdiv(N, block_m), 8 * sms))
+    n_prog = max(1, min(triton.cdiv(N, block_m), TILES["bwd_progs_per_sm"] * sms))
     rows_per_prog = triton.cdiv(triton.cdiv(N, n_prog), block_m) * block_m
     n_prog = triton.cdiv(N, rows_per_prog)
-    dw_part = torch.empty((n_prog, H), device=s.device, dtype=torch.float32)
-    db_part = torch.empty_like(dw_part)
+    part = torch.empty((2, n_prog, H), device=s.device, dtype=torch.float32)  # dw, db partials: one sum below
+    dw_part, db_part = part[0], part[1]
     _bwd_kernel[(n_prog,)](
         dh2, ds2, s2, weight.contiguous(), mean.reshape(-1), rstd.reshape(-1), seed, dx, dy, dw_part, db_part,
         N, H, rows_per_prog, p, 1.0 / (1.0 - p) if p < 1 else 0.0,
-        BLOCK_M=block_m, Q=q, HAS_DROPOUT=p > 0, HAS_DS=ds is not None, num_warps=warps)
-    return (dx.view(s.shape), dy.view(s.shape), dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(weight.dtype))
+        BLOCK_M=block_m, Q=q, NCHUNK=nchunk, HAS_DROPOUT=p > 0, HAS_DS=ds is not None,
+        ROUNDS=TILES["philox_rounds"], STAGES=TILES["bwd_stages"], num_warps=TILES["bwd_warps"])
+    dw, db = part.sum(1).to(weight.dtype)
+    return dx.view(s.shape), dy.view(s.shape), dw, db
 
 
 # ---- custom ops: dispatch, fake tensors, autograd ---------------------------------------------

@@ -45,3 +45,11 @@ def mask_tokens(
     out = torch.where(use_random[..., None], random_ids, out)
     labels = torch.where(masked[..., None], input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     return out, labels
+
+
+def targets_per_row(n_real: int, ratio: float) -> int:
+    """Targets `mask_tokens` picks in a row of `n_real` maskable tokens (the same float32
+    arithmetic): with full windows, every row's count, the static K of the training step."""
+    n = torch.tensor([int(n_real)])
+    k = (ratio * n.float()).round().long().clamp(min=1)
+    return int(torch.minimum(k, n)[0])

@@ -104,7 +104,10 @@ class MaskedLMHead(nn.Module):
 class VQDNAMaskedLMOutput(ModelOutput):
     """`logits`: per level, concatenated on the last axis (split with `config.vocab_sizes`).
     With `labels`, only the masked positions are scored: logits are `[N_masked, sum(V)]` and
-    `masked_positions` holds their flat indices into `B*T`; without labels they are `[B, T, sum(V)]`."""
+    `masked_positions` holds their flat indices into `B*T`; without labels they are `[B, T, sum(V)]`.
+    With `targets_per_row=K` (static shapes) logits are `[B*K, sum(V)]`: rows with fewer than K
+    targets are padded with non-target positions whose labels are ignored; `num_masked` counts the
+    scored targets and `num_targets` all targets of the batch (equal unless a row had more than K)."""
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
@@ -112,6 +115,7 @@ class VQDNAMaskedLMOutput(ModelOutput):
     level_correct: torch.Tensor | None = None
     num_masked: torch.Tensor | None = None
     masked_positions: torch.Tensor | None = None
+    num_targets: torch.Tensor | None = None
     last_hidden_state: torch.Tensor | None = None
 
 
@@ -128,14 +132,20 @@ class VQDNAForMaskedLM(VQDNAPreTrainedModel):
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         return_dict: bool | None = None,
+        targets_per_row: int | None = None,
         **kwargs,
     ) -> VQDNAMaskedLMOutput:
+        """`targets_per_row=K`: score K positions per row (static shapes, no host synchronisation:
+        what a CUDA graph of the training step needs); K >= the largest number of targets in a row
+        (exact-count masking: `masking.targets_per_row`), else the excess targets are not scored."""
         if labels is None:
             hidden = self.vqdna(input_ids, attention_mask).last_hidden_state
             return VQDNAMaskedLMOutput(logits=torch.cat(self.mlm_head(hidden), dim=-1), last_hidden_state=hidden)
         if labels.dim() == 2:
             labels = labels[..., None]
         # Score only the masked positions: the head and the softmax cost ~25% of the full pass.
+        if targets_per_row is not None:
+            return self._forward_static(input_ids, attention_mask, labels, int(targets_per_row))
         flat_labels = labels.reshape(-1, labels.shape[-1])
         is_target = labels[..., 0] != IGNORE_INDEX
         positions = is_target.reshape(-1).nonzero(as_tuple=True)[0]
@@ -161,6 +171,41 @@ class VQDNAForMaskedLM(VQDNAPreTrainedModel):
             level_correct=level_correct,
             num_masked=torch.tensor(positions.numel(), device=positions.device),
             masked_positions=positions,
+            num_targets=torch.tensor(positions.numel(), device=positions.device),
+        )
+
+    def _forward_static(self, input_ids, attention_mask, labels, K: int) -> VQDNAMaskedLMOutput:
+        """The masked-LM loss over a fixed `K` positions per row. The targets of a row come first
+        in ascending position order, so with exactly K targets in every row (exact-count masking of
+        full windows) the scored rows, their order and the loss are those of the dynamic path;
+        padding entries (non-targets) carry the ignore label and drop out of the means."""
+        B, T, L = labels.shape
+        if not 0 < K <= T:
+            raise ValueError(f"targets_per_row must be in [1, {T}], not {K}")
+        is_target = labels[..., 0] != IGNORE_INDEX
+        pos = torch.arange(T, device=labels.device)
+        order = torch.where(is_target, pos, pos + T)  # targets first, each group in position order
+        select = order.sort(dim=1).values[:, :K] % T
+        target = labels.gather(1, select[..., None].expand(B, K, L)).reshape(B * K, L)
+        valid = target[:, 0] != IGNORE_INDEX
+        if attention_mask is None and self.config.position_encoding == "rope" and self.sparse_last_layer:
+            hidden = self.vqdna(input_ids, None, select=select).last_hidden_state
+        else:
+            hidden = self.vqdna(input_ids, attention_mask).last_hidden_state
+            hidden = hidden.gather(1, select[..., None].expand(B, K, hidden.shape[-1]))
+        level_logits = self.mlm_head(hidden.reshape(B * K, -1))
+        level_losses = torch.stack([F.cross_entropy(lg.float(), target[:, l], ignore_index=IGNORE_INDEX)
+                                    for l, lg in enumerate(level_logits)])
+        level_correct = torch.stack([((lg.argmax(-1) == target[:, l]) & valid).sum()
+                                     for l, lg in enumerate(level_logits)])
+        return VQDNAMaskedLMOutput(
+            loss=level_losses.mean(),
+            logits=torch.cat(level_logits, dim=-1),
+            level_losses=level_losses.detach(),
+            level_correct=level_correct,
+            num_masked=valid.sum(),
+            masked_positions=(select + T * torch.arange(B, device=select.device)[:, None]).reshape(-1),
+            num_targets=is_target.sum(),
         )
 
     def _uniform_selection(self, is_target: torch.Tensor, attention_mask: torch.Tensor | None):

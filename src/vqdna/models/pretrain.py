@@ -27,9 +27,10 @@ from ..tokens import TokenFile
 from ..tokens.format import read_meta
 from .collate import special_token_ids
 from .fp8 import convert_to_float8
-from .masking import mask_tokens
+from .masking import mask_tokens, targets_per_row
 from .modeling import VQDNAForMaskedLM
 from .schedule import warmup_cosine
+from .train_step import TrainStep
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,7 @@ class PretrainSettings:
     fp8_recipe: str = "tensorwise"
     compile: bool = False
     fused_dropout_norm: bool = False
+    cuda_graphs: bool = False
     train_split: str = "train"
     eval_split: str | None = "valid"
     eval_batches: int = 4
@@ -170,6 +172,14 @@ def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
     batcher = MLMBatcher(model.config, settings, device, seed, train_file.meta.tokens_per_window)
+    use_graphs = settings.cuda_graphs and _graphs_apply(device, world, train_file)
+    train_step = TrainStep(
+        model, optimizer, accum=accum, grad_clip=settings.grad_clip, master_weights=pure_bf16,
+        autocast=torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16),
+        # K scored positions a row: a full window's exact count (shorter rows have fewer; none has
+        # more), so the masked-LM path has static shapes and no host synchronisation
+        targets_per_row=targets_per_row(batcher.crop, settings.mask_ratio),
+        cuda_graphs=use_graphs, no_sync=train_model.no_sync if world > 1 else None, train_model=train_model)
     uniform = [math.log(v) for v in model.config.vocab_sizes]
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=use_bf16)
 
@@ -188,39 +198,30 @@ def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None 
         window_level_loss = torch.zeros(model.config.levels, device=device)
         window_correct = torch.zeros(model.config.levels, device=device)
         window_masked = torch.zeros((), device=device)
+        window_targets = torch.zeros((), device=device)
         window_tokens, window_steps, t_window = 0, 0, time.perf_counter()
         bar = tqdm(total=settings.steps, initial=start_step, desc=f"pretrain {name}", disable=rank != 0, unit="step")
         for step in range(start_step, settings.steps):
             lr = warmup_cosine(step, peak=settings.lr, floor=settings.min_lr,
                                warmup=settings.warmup_steps, total=settings.steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            for micro in range(accum):
-                masked, attention_mask, labels = batcher.train_batch(train_file, step, micro, rank)
-                torch.manual_seed(_mix(seed, "dropout", step, micro, rank))
-                sync = contextlib.nullcontext() if (world == 1 or micro == accum - 1) else train_model.no_sync()
-                with sync:
-                    with autocast:
-                        out = train_model(masked, attention_mask, labels=labels)
-                    (out.loss / accum).backward()
-                window_loss += out.loss.detach() / accum
-                window_level_loss += out.level_losses / accum
-                window_correct += out.level_correct
-                window_masked += out.num_masked
+            batches = [batcher.train_batch(train_file, step, micro, rank) for micro in range(accum)]
+            outs = train_step(batches, lr, [_mix(seed, "dropout", step, micro, rank) for micro in range(accum)])
+            for (masked, _, _), out in zip(batches, outs):
+                window_loss += out["loss"] / accum
+                window_level_loss += out["level_losses"] / accum
+                window_correct += out["level_correct"]
+                window_masked += out["num_masked"]
+                window_targets += out["num_targets"]
                 window_tokens += masked.shape[0] * masked.shape[1]
-            if pure_bf16:
-                optimizer.step(max_grad_norm=settings.grad_clip)  # clipped on the fp32 masters
-            else:
-                if settings.grad_clip > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
-                optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
             window_steps += 1
             done = step + 1
             bar.update(1)
 
             if done % settings.log_every == 0 or done == settings.steps:
                 elapsed = time.perf_counter() - t_window
+                if int(window_targets) != int(window_masked):  # cannot happen with exact-count masking
+                    raise RuntimeError(f"{name}: {int(window_targets) - int(window_masked)} masked targets "
+                                       f"were not scored (a row had more than the static count)")
                 metrics = {"loss": float(window_loss) / window_steps, "lr": lr,
                            "tokens_per_s": window_tokens * world / max(elapsed, 1e-9)}
                 for l in range(model.config.levels):
@@ -231,7 +232,7 @@ def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None 
                 if mlrun is not None:
                     mlrun.log_metrics(metrics, step=done)
                 final.update(metrics)
-                window_loss.zero_(); window_level_loss.zero_(); window_correct.zero_(); window_masked.zero_()
+                window_loss.zero_(); window_level_loss.zero_(); window_correct.zero_(); window_masked.zero_(); window_targets.zero_()
                 window_tokens, window_steps, t_window = 0, 0, time.perf_counter()
             if settings.eval_every and done % settings.eval_every == 0 and done != settings.steps:
                 metrics = run_eval()
@@ -344,6 +345,16 @@ def evaluate(model, file: TokenFile, batcher: MLMBatcher, n_batches: int, autoca
 
 
 # ---- helpers -----------------------------------------------------------------------------
+
+def _graphs_apply(device, world: int, train_file: TokenFile) -> bool:
+    """pretrain.cuda_graphs applies to one CUDA process on fixed-rate token files (full windows,
+    static shapes); elsewhere the eager step runs (same function), with a note in the log."""
+    why = ("not a CUDA device" if device.type != "cuda" else "several processes (DDP)" if world > 1
+           else "variable-rate token files (padded windows)" if not train_file.meta.fixed_rate else None)
+    if why:
+        log.warning("pretrain.cuda_graphs: %s, running the eager step", why)
+    return why is None
+
 
 def _mix(*parts) -> int:
     """A 63-bit seed from any parts (stable across runs and machines, unlike hash())."""
