@@ -67,7 +67,7 @@ def backward_checks(res, save):
     # every configuration and the tuned choice at the training shape in bf16 (compiled by the timing's
     # tuning already) and the tuned choice at 64 windows; elsewhere the reference configuration and a 2-lane
     # one (each new dtype/shape compiles anew: no tuning of those in this script)
-    few = [kb.REFERENCE, ("bwd", 2, 32, 8, 2, 4)]
+    few = [kb.REFERENCE, ("bwd", 2, 32, 4, 1, 4, 1), ("bwd", 1, 64, 4, 1, 4, 1)]
     for (B, L, D, k, dt, strided, cfgs) in [
             (1024, 256, 384, 7, torch.bfloat16, False, kb.candidates(256)), (1024, 256, 384, 7, torch.float32, False, few),
             (5, 37, 300, 7, torch.float32, False, few), (7, 100, 384, 5, torch.bfloat16, True, few),

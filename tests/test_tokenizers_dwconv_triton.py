@@ -256,6 +256,7 @@ def test_backward_tuning_key_and_names():
     assert key(x, w, x) != dwconv_ln_triton.tune_key(x, w, None, torch.float32, True)
     assert dwconv_ln_triton.key_name(key(x, w, x)).startswith("backward k=7 D=12 L=9")
     assert "programs/SM" in dwconv_ln_triton.config_name(dwconv_ln_bwd_triton.CANDIDATES[0])
+    assert all(len(c) == 7 for c in dwconv_ln_bwd_triton.CANDIDATES)
     # no candidate whose chunk is mostly past a short sequence's end
     assert all(c[1] * c[2] <= 32 for c in dwconv_ln_bwd_triton.candidates(9))
 
@@ -276,14 +277,15 @@ BACKWARD_SCRIPT = textwrap.dedent("""
     #    with a 3-row dc halo each side, chunks past L, L shorter than one lane and not a multiple of a
     #    chunk, two programs walking several chunks each (the last past the end), sequences on different
     #    scales (x[0] += 5: any bleed across a boundary shows), D not a power of two, k = 3, 5, 7
-    for (batch, length, dim, k, lanes, steps, stages, per_sm) in [
-            (3, 37, 20, 7, 2, 4, 2, 1), (2, 29, 24, 7, 1, 8, 1, 2), (2, 13, 12, 7, 1, 32, 1, 1),
-            (2, 3, 10, 7, 2, 4, 1, 1), (1, 2, 7, 7, 1, 4, 1, 1), (3, 21, 16, 3, 2, 4, 1, 1),
-            (2, 17, 7, 5, 4, 2, 2, 1), (4, 9, 20, 5, 1, 4, 1, 8)]:
+    #    (with and without the next step's loads prefetched)
+    for (batch, length, dim, k, lanes, steps, stages, per_sm, prefetch) in [
+            (3, 37, 20, 7, 2, 4, 2, 1, 0), (2, 29, 24, 7, 1, 8, 1, 2, 1), (2, 13, 12, 7, 1, 32, 1, 1, 0),
+            (2, 3, 10, 7, 2, 4, 1, 1, 1), (1, 2, 7, 7, 1, 4, 1, 1, 0), (3, 21, 16, 3, 2, 4, 1, 1, 1),
+            (2, 17, 7, 5, 4, 2, 2, 1, 0), (4, 9, 20, 5, 1, 4, 1, 8, 1)]:
         x, w, b, ln_w, ln_b, _ = inputs(batch, length, dim, k, seed=length)
         dy = torch.randn(x.shape, generator=torch.Generator().manual_seed(dim))
         ref = conv_ln_grads(x, w, b, ln_w, ln_b, dy)
-        cfg = ("bwd", lanes, steps, 4, stages, per_sm)
+        cfg = ("bwd", lanes, steps, 4, stages, per_sm, prefetch)
         got = kb.triton_backward(dy, x, w, b, ln_w, *stats(x, w, b, ln_w, ln_b), config=cfg)
         for name, a, r in zip(("dx", "d_w", "d_b", "d_ln_w", "d_ln_b"), got, ref):
             assert a.dtype == torch.float32 and a.shape == r.shape, (name, cfg)
@@ -317,7 +319,7 @@ BACKWARD_SCRIPT = textwrap.dedent("""
     mean, rstd = stats(x, w, b, ln_w, ln_b)
     ref = kb.reference_backward(dy, x, w, b, ln_w, mean, rstd)
     exact = conv_ln_grads(x, w, b, ln_w, ln_b, dy)
-    for cfg in (kb.INTERPRETER_CONFIG, ("bwd", 1, 8, 4, 2, 1)):
+    for cfg in (kb.INTERPRETER_CONFIG, ("bwd", 1, 8, 4, 2, 1, 0)):
         got = kb.triton_backward(dy, x, w, b, ln_w, mean, rstd, config=cfg)
         for name, a, r, e in zip(("dx", "d_w", "d_b", "d_ln_w", "d_ln_b"), got, ref, exact):
             assert a.dtype == r.dtype == torch.bfloat16, name
@@ -431,4 +433,40 @@ def test_kernels_in_the_autograd_function_and_a_compiled_training_step():
                PYTHONPATH=os.pathsep.join([str(SRC), tests_dir, os.environ.get("PYTHONPATH", "")]))
     out = subprocess.run([sys.executable, "-c", COMPILED_STEP_SCRIPT], env=env, capture_output=True, text=True,
                          timeout=1200)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+
+
+LOOP_CARRY_SCRIPT = textwrap.dedent("""
+    import re
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    from vqdna.tokenizers import dwconv_ln_bwd_triton as kb
+
+    fn = kb._dwconv_ln_bwd_strip_kernel
+    sig = dict(zip(fn.arg_names, ["*bf16"] * 5 + ["*fp32", "*fp32", "*bf16", "*fp32"] + ["i32"] * 12
+                   + ["constexpr"] * 6))
+    for prefetch in (False, True):
+        consts = {"K": 7, "ROWS": 1, "STEPS": 64, "BLOCK_D": 512, "NUM_STAGES": 1, "PREFETCH": prefetch}
+        src = ASTSource(fn=fn, signature=sig, constexprs=consts)
+        ttir = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4}).asm["ttir"]
+        inner = [l for l in ttir.splitlines() if "scf.for %i" in l]
+        assert len(inner) == 1, inner
+        carried = re.search(r"iter_args\(([^)]*)\)", inner[0]).group(1).split(", ")
+        # 10 partial sums, the 6 older rows of the x window and of the dc window, (+4 prefetched loads)
+        assert len(carried) == 22 + 4 * prefetch, carried
+    print("ok")
+""")
+
+
+@pytest.mark.skipif(not _has_triton(), reason="Triton not installed")
+def test_backward_kernel_carries_both_windows_through_its_loop():
+    """The GPU compilation (no GPU needed for Triton's IR) keeps all window rows as loop-carried values:
+    Triton's frontend drops a variable from the loop when its value after the body looks unchanged,
+    which a window started from one shared zero tensor did (`d0 = d1`), and the interpreter cannot show."""
+    pytest.importorskip("triton.backends.nvidia")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(SRC), os.environ.get("PYTHONPATH", "")]))
+    env.pop("TRITON_INTERPRET", None)
+    out = subprocess.run([sys.executable, "-c", LOOP_CARRY_SCRIPT], env=env, capture_output=True, text=True,
+                         timeout=600)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

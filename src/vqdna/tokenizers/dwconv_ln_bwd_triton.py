@@ -81,11 +81,26 @@ def reference_backward(dy: Tensor, x: Tensor, w: Tensor, b: Tensor, ln_w: Tensor
 if triton is not None:
 
     @triton.jit
+    def _add_pair(a0, b0, a1, b1):
+        return a0 + a1, b0 + b1
+
+    @triton.jit
+    def _bwd_loads(xb, gb, mean_ptr, rstd_ptr, row0, lead, L, stride_xl, stride_gl, cols, col_ok):
+        """What step `lead` reads: x[lead + 3] (the window's new row), dy[lead], mean/rstd[lead]; zeros
+        outside [0, L)."""
+        x_new = fwd._strip_rows(xb, lead + 3, L, stride_xl, cols, col_ok, cols, False)
+        row_ok = (lead >= 0) & (lead < L)
+        g = tl.load(gb + lead[:, None] * stride_gl + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        mu = tl.load(mean_ptr + row0 + lead, mask=row_ok, other=0.0)
+        rs = tl.load(rstd_ptr + row0 + lead, mask=row_ok, other=0.0)
+        return x_new, g, mu, rs
+
+    @triton.jit
     def _dwconv_ln_bwd_strip_kernel(x_ptr, dy_ptr, w_ptr, b_ptr, lnw_ptr, mean_ptr, rstd_ptr, dx_ptr, part_ptr,
                     L, D, stride_xb, stride_xl, stride_gb, stride_gl, stride_wk, stride_wd,
                     chunks_per_seq, n_chunks, chunks_per_prog,
                     K: tl.constexpr, ROWS: tl.constexpr, STEPS: tl.constexpr, BLOCK_D: tl.constexpr,
-                    NUM_STAGES: tl.constexpr):
+                    NUM_STAGES: tl.constexpr, PREFETCH: tl.constexpr):
         """A program walks chunks pid·chunks_per_prog … + chunks_per_prog − 1 (one chunk = ROWS lanes ×
         STEPS consecutive own positions of one sequence, lane r from chunk start + r·STEPS); per lane,
         the lead row l runs from the lane's start − 3 to its end + 3 (STEPS + 6 steps)."""
@@ -114,7 +129,6 @@ if triton is not None:
         a_b = zero
         a_lnw = zero
         a_lnb = zero
-        dc_zero = tl.zeros([ROWS, BLOCK_D], dtype=x_ptr.dtype.element_ty)
         for t in range(0, chunks_per_prog):
             chunk = pid * chunks_per_prog + t
             seq = chunk // chunks_per_seq
@@ -131,21 +145,36 @@ if triton is not None:
             x3 = fwd._strip_rows(xb, start - 3, L, stride_xl, cols, col_ok, bias, False)
             x4 = fwd._strip_rows(xb, start - 2, L, stride_xl, cols, col_ok, bias, False)
             x5 = fwd._strip_rows(xb, start - 1, L, stride_xl, cols, col_ok, bias, False)
-            # dc window: rows l − 6 … l; the first dx (step 6) only reads rows computed in this walk
-            d0 = dc_zero
-            d1 = dc_zero
-            d2 = dc_zero
-            d3 = dc_zero
-            d4 = dc_zero
-            d5 = dc_zero
+            # dc window: rows l − 6 … l. The first dx (step 6) only reads rows computed in this walk, so the
+            # start values are never used; they are the x rows (same dtype) and not one zero tensor because
+            # Triton's frontend carries a variable through the loop only if its value after the body differs
+            # from the one before it: with d0 … d5 all the same tensor, `d0 = d1` looks unchanged and the
+            # window silently stops shifting (wrong dx on the GPU; the interpreter runs plain Python)
+            d0 = x0
+            d1 = x1
+            d2 = x2
+            d3 = x3
+            d4 = x4
+            d5 = x5
+            # PREFETCH: the loads of step i + 1 are issued in step i (held in registers), so their latency
+            # hides behind one step's arithmetic instead of stalling the step that uses them
+            nx, ng, nmu, nrs = _bwd_loads(xb, gb, mean_ptr, rstd_ptr, row0, start - 3, L, stride_xl, stride_gl,
+                                          cols, col_ok)
             for i in tl.range(0, STEPS + 6, num_stages=NUM_STAGES):
                 lead = start - 3 + i
-                x6 = fwd._strip_rows(xb, lead + 3, L, stride_xl, cols, col_ok, bias, False)
+                if PREFETCH:
+                    x6 = nx
+                    g_in = ng
+                    mu = nmu
+                    rs = nrs
+                    nx, ng, nmu, nrs = _bwd_loads(xb, gb, mean_ptr, rstd_ptr, row0, lead + 1, L, stride_xl,
+                                                  stride_gl, cols, col_ok)
+                else:
+                    x6, g_in, mu, rs = _bwd_loads(xb, gb, mean_ptr, rstd_ptr, row0, lead, L, stride_xl, stride_gl,
+                                                  cols, col_ok)
                 row_ok = (lead >= 0) & (lead < L)
                 m2 = row_ok[:, None] & col_ok[None, :]
-                g = tl.load(gb + lead[:, None] * stride_gl + cols[None, :], mask=m2, other=0.0).to(tl.float32)
-                mu = tl.load(mean_ptr + row0 + lead, mask=row_ok, other=0.0)
-                rs = tl.load(rstd_ptr + row0 + lead, mask=row_ok, other=0.0)
+                g = g_in.to(tl.float32)
                 c = bias[None, :] + x0.to(tl.float32) * w0[None, :]
                 c += x1.to(tl.float32) * w1[None, :]
                 c += x2.to(tl.float32) * w2[None, :]
@@ -155,8 +184,10 @@ if triton is not None:
                 c += x6.to(tl.float32) * w6[None, :]
                 xhat = tl.where(m2, (c - mu[:, None]) * rs[:, None], 0.0)
                 gx = g * lnw[None, :]  # 0 in padded channels and rows outside [0, L) (dy loads 0)
-                mean_gx = tl.sum(gx, axis=1) / D
-                mean_gxx = tl.sum(gx * xhat, axis=1) / D
+                # both row sums in one reduction: one exchange between the warps of a row instead of two
+                sum_gx, sum_gxx = tl.reduce((gx, gx * xhat), 1, _add_pair)
+                mean_gx = sum_gx / D
+                mean_gxx = sum_gxx / D
                 dc = tl.where(m2, rs[:, None] * (gx - mean_gx[:, None] - xhat * mean_gxx[:, None]), 0.0)
                 d6 = dc.to(x_ptr.dtype.element_ty)  # rounded as the PyTorch backward stores it
                 own = (row_ok & (i >= 3) & (i < STEPS + 3))[:, None]  # parameter gradients: own rows only
@@ -208,15 +239,18 @@ if triton is not None:
 
 
 # ("bwd", lanes, steps per lane, warps, pipeline stages, programs per SM). One lane of 384 (512 padded)
-# channels at 4 warps holds ~30 fp32-sized values per element (two 7-row windows, 7 taps, 10 partial
-# sums): 2 lanes need 8 warps to stay in registers. Longer strips waste less on the 6-row halo.
-CANDIDATES = [("bwd", lanes, steps, warps, stages, per_sm)
-              for lanes, steps, warps, stages, per_sm in (
-                  (1, 64, 4, 2, 4), (1, 32, 4, 2, 4), (1, 128, 4, 2, 4), (1, 250, 4, 2, 4), (1, 64, 4, 1, 4),
-                  (1, 64, 4, 3, 4), (1, 64, 4, 2, 2), (1, 64, 4, 2, 8), (1, 64, 8, 2, 4), (2, 32, 8, 2, 4),
-                  (2, 64, 8, 2, 4), (1, 64, 2, 2, 8))]
+# channels holds ~37 fp32-sized values per element (two 7-row windows, 7 taps, 10 partial sums): 64 or
+# 128 threads per lane. Fewer warps per row make the row reductions cheaper (first GPU call: 2 warps
+# 0.75 ms, 4 warps 1.07, 8 warps 1.16 per call at the training shape); longer strips waste less on the
+# 6-row halo, but 250 steps left too few programs (1.61 ms).
+CANDIDATES = [("bwd", lanes, steps, warps, stages, per_sm, prefetch)
+              for lanes, steps, warps, stages, per_sm, prefetch in (
+                  (1, 64, 4, 2, 4, 0), (1, 64, 2, 2, 8, 0), (1, 128, 4, 2, 4, 0),
+                  (1, 64, 4, 1, 4, 1), (1, 128, 4, 1, 4, 1), (1, 64, 4, 1, 8, 1), (1, 32, 4, 1, 4, 1),
+                  (1, 64, 2, 1, 8, 1), (1, 128, 2, 1, 8, 1), (2, 32, 4, 1, 4, 1), (1, 64, 4, 2, 4, 1),
+                  (1, 64, 8, 1, 4, 1))]
 REFERENCE = CANDIDATES[0]     # the tuning's correctness guard compares the others to it
-INTERPRETER_CONFIG = ("bwd", 2, 4, 4, 1, 1)   # CPU tensors (the tests): short strips, several chunks per program
+INTERPRETER_CONFIG = ("bwd", 2, 4, 4, 1, 1, 1)   # CPU tensors (the tests): short strips, several chunks per program
 
 
 def tune_key(x: Tensor, w: Tensor, dy: Tensor) -> tuple:
@@ -236,7 +270,7 @@ def _sm_count(device: torch.device) -> int:
 
 def _launch(dy, x, w, mean, rstd, b, ln_w, dx, sums, cfg: tuple) -> None:
     """One kernel launch of configuration `cfg`, then the partials summed into `sums [10, D]` (fp32)."""
-    _, lanes, steps, num_warps, stages, per_sm = cfg
+    _, lanes, steps, num_warps, stages, per_sm, prefetch = cfg
     batch, length, dim = x.shape
     chunks_per_seq = triton.cdiv(length, lanes * steps)
     n_chunks = batch * chunks_per_seq
@@ -247,7 +281,7 @@ def _launch(dy, x, w, mean, rstd, b, ln_w, dx, sums, cfg: tuple) -> None:
         x, dy, w, b, ln_w, mean, rstd, dx, part, length, dim, x.stride(0), x.stride(1), dy.stride(0), dy.stride(1),
         w.stride(0), w.stride(1), chunks_per_seq, n_chunks, per_prog,
         K=w.shape[0], ROWS=lanes, STEPS=steps, BLOCK_D=triton.next_power_of_2(dim), NUM_STAGES=stages,
-        num_warps=num_warps)
+        PREFETCH=bool(prefetch), num_warps=num_warps)
     torch.sum(part, dim=0, out=sums)
 
 

@@ -218,7 +218,9 @@ def config_name(cfg: tuple) -> str:
     if cfg[0] == "tile":
         return f"tile {cfg[1]} rows x {cfg[2]} warps"
     name = f"strip {cfg[1]} lanes x {cfg[2]} steps, {cfg[3]} warps, {cfg[4]} stages"
-    return f"bwd {name}, {cfg[5]} programs/SM" if cfg[0] == "bwd" else name
+    if cfg[0] == "bwd":
+        return f"bwd {name}, {cfg[5]} programs/SM{', prefetch' if cfg[6] else ''}"
+    return name
 
 
 def rows_bucket(x: Tensor) -> int:
