@@ -197,12 +197,10 @@ if triton is not None:
                     dx_ptr, dy_ptr, dw_ptr, db_ptr,
                     n_rows, n_cols, rows_per_prog, p, scale,
                     BLOCK_M: tl.constexpr, Q: tl.constexpr, NCHUNK: tl.constexpr,
-                    HAS_DROPOUT: tl.constexpr, HAS_DS: tl.constexpr, ROUNDS: tl.constexpr,
-                    STAGES: tl.constexpr):
+                    HAS_DROPOUT: tl.constexpr, HAS_DS: tl.constexpr, ROUNDS: tl.constexpr):
         # a persistent program walks a stripe of rows, BLOCK_M at a time; its weight/bias-gradient
         # partial sums stay [BLOCK_M, Q] register tiles (reduced over rows once, at the end: no
-        # cross-warp reduction inside the loop). STAGES > 1 lets Triton's pipeliner issue the next
-        # rows' loads while this row computes (one warp per row leaves few loads in flight per SM)
+        # cross-warp reduction inside the loop)
         pid = tl.program_id(0)
         lanes = tl.arange(0, Q)
         dw0 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
@@ -216,7 +214,7 @@ if triton is not None:
         first = pid * rows_per_prog
         end = tl.minimum(first + rows_per_prog, n_rows)
         seed = tl.load(seed_ptr)
-        for r0_ in tl.range(first, end, BLOCK_M, num_stages=STAGES):
+        for r0_ in range(first, end, BLOCK_M):
             rows = r0_ + tl.arange(0, BLOCK_M)
             row_ok = rows < end
             mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
@@ -258,7 +256,6 @@ if triton is not None:
                 dw3 += h3 * x3
                 db3 += h3
         base = pid * n_cols
-        # dw and db partials: rows [0, n_prog) and [n_prog, 2 n_prog) of one buffer (one sum)
         tl.store(dw_ptr + base + lanes, tl.sum(dw0, axis=0), mask=lanes < n_cols)
         tl.store(db_ptr + base + lanes, tl.sum(db0, axis=0), mask=lanes < n_cols)
         if NCHUNK > 1:
@@ -273,12 +270,12 @@ if triton is not None:
 
 
 # Launch shape: rows per program (forward), rows per loop iteration (backward), warps, persistent
-# backward programs per multiprocessor, backward loop pipeline stages. Defaults: the fastest of
+# backward programs per multiprocessor. Defaults: the fastest of
 # the bench's sweep on an H200 at [65536 x 768] bf16 (session 4: one warp = one row, forward 120
 # us, backward 247 us a call; 4-row / 4-warp tiles 124 / 311 us). The bench's --tile-sweep times
 # a grid of these (bench/pretrain_bench.py FWD_TILES, BWD_TILES) and `set_tiles` installs the
 # fastest for the rest of that process.
-TILES = {"fwd_rows": 1, "fwd_warps": 1, "bwd_rows": 1, "bwd_warps": 1, "bwd_progs_per_sm": 16, "bwd_stages": 1,
+TILES = {"fwd_rows": 1, "fwd_warps": 1, "bwd_rows": 1, "bwd_warps": 1, "bwd_progs_per_sm": 16,
          # Philox rounds (10 = curand's and Triton's default); the bench times 7 (the fewest
          # Random123 reports as crush-resistant) only to see whether the generator bounds the kernels
          "philox_rounds": 10}
@@ -351,15 +348,16 @@ def triton_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype):
     n_prog = max(1, min(triton.cdiv(N, block_m), TILES["bwd_progs_per_sm"] * sms))
     rows_per_prog = triton.cdiv(triton.cdiv(N, n_prog), block_m) * block_m
     n_prog = triton.cdiv(N, rows_per_prog)
-    part = torch.empty((2, n_prog, H), device=s.device, dtype=torch.float32)  # dw, db partials: one sum below
-    dw_part, db_part = part[0], part[1]
+    dw_part = torch.empty((n_prog, H), device=s.device, dtype=torch.float32)
+    db_part = torch.empty_like(dw_part)
     _bwd_kernel[(n_prog,)](
         dh2, ds2, s2, weight.contiguous(), mean.reshape(-1), rstd.reshape(-1), seed, dx, dy, dw_part, db_part,
         N, H, rows_per_prog, p, 1.0 / (1.0 - p) if p < 1 else 0.0,
         BLOCK_M=block_m, Q=q, NCHUNK=nchunk, HAS_DROPOUT=p > 0, HAS_DS=ds is not None,
-        ROUNDS=TILES["philox_rounds"], STAGES=TILES["bwd_stages"], num_warps=TILES["bwd_warps"])
-    dw, db = part.sum(1).to(weight.dtype)
-    return dx.view(s.shape), dy.view(s.shape), dw, db
+        ROUNDS=TILES["philox_rounds"], num_warps=TILES["bwd_warps"])
+    # two separate sums: a custom op's outputs must not alias each other (views of one [2, H]
+    # sum would; the op's aliasing check rejects them)
+    return dx.view(s.shape), dy.view(s.shape), dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(weight.dtype)
 
 
 # ---- custom ops: dispatch, fake tensors, autograd ---------------------------------------------
