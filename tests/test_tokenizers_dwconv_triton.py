@@ -436,7 +436,7 @@ def test_kernels_in_the_autograd_function_and_a_compiled_training_step():
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
 
 
-LOOP_CARRY_SCRIPT = textwrap.dedent("""
+LOOP_CARRY_SCRIPT = textwrap.dedent(r"""
     import re
     import triton
     from triton.backends.compiler import GPUTarget
