@@ -428,6 +428,8 @@ def kernel_profile(fn, steps: int, top: int = 25) -> dict:
             return "matmul"
         if "dwconv_ln_fwd" in low:  # the hand-written conv+LN forward (vqdna.tokenizers.dwconv_ln_triton)
             return "dwconv_ln_triton"
+        if "dwconv_ln_bwd" in low:  # and its backward (vqdna.tokenizers.dwconv_ln_bwd_triton)
+            return "dwconv_ln_bwd_triton"
         if low.startswith("triton"):
             return "triton"
         return "other"

@@ -73,7 +73,7 @@ class TrainSettings:
     compile: bool = False
     compile_mode: str = "default"
     precision: str = "autocast"      # autocast | bf16_weights (train_path.py)
-    dwconv_ln: str = "autograd"      # autograd | fused | fused_torch (train_path.DWCONV_LN, dwconv_ln.py)
+    dwconv_ln: str = "autograd"      # autograd | fused | fused_fwd | fused_torch (train_path.DWCONV_LN, dwconv_ln.py)
     distance: str = "fp32"           # fp32 | bf16x3: the nearest-code search (distance.py)
 
     def __post_init__(self):
