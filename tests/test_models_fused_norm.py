@@ -19,6 +19,8 @@ from vqdna.models import VQDNAConfig, VQDNAForMaskedLM
 from vqdna.models import fused_norm
 from vqdna.models.masking import mask_tokens
 
+from interpreter_probe import skip_unless_interpreter_runs_runtime_loops
+
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -214,6 +216,7 @@ def _has_triton() -> bool:
 def test_triton_kernels_under_the_cpu_interpreter():
     """The Triton kernels themselves on CPU tensors (TRITON_INTERPRET=1, its own process: the
     variable is read when the kernels are defined), against the plain composition."""
+    skip_unless_interpreter_runs_runtime_loops("the backward kernel's row loop")
     script = textwrap.dedent("""
         import torch, torch.nn.functional as F
         from vqdna.models import fused_norm as fn

@@ -7,7 +7,6 @@ fallback and the switches are tested directly."""
 
 from __future__ import annotations
 
-import functools
 import os
 import subprocess
 import sys
@@ -24,6 +23,8 @@ from vqdna.tokenizers.dwconv_ln import dwconv_layer_norm
 from vqdna.tokenizers.fast_encode import FastEncodeSettings
 from vqdna.tokenizers.model import VQModelConfig, VQVAE
 from vqdna.tokenizers.train_path import set_dwconv_ln
+
+from interpreter_probe import skip_unless_interpreter_runs_runtime_loops
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -102,42 +103,10 @@ def _has_triton() -> bool:
     return True
 
 
-RUNTIME_LOOP_PROBE = textwrap.dedent("""
-    import torch, triton, triton.language as tl
-
-    @triton.jit
-    def count(out, n):
-        acc = 0.0
-        for t in range(0, n):
-            acc += 1.0
-        tl.store(out, acc)
-
-    o = torch.zeros(1)
-    count[(1,)](o, 5)
-    assert o.item() == 5.0
-    print("ok")
-""")
-
-
-@functools.lru_cache(maxsize=None)
-def _interpreter_runs_runtime_loops() -> bool:
-    """Whether this Triton's CPU interpreter can loop to a bound passed at run time, as the backward
-    kernel's chunk loop does. Triton 3.6's cannot with NumPy 2.x (the bound arrives as a 1-element
-    array: "only 0-dimensional arrays can be converted to Python scalars"; 3.9's can): an interpreter
-    limitation, not the kernel's, and the CUDA tests run the compiled kernel there."""
-    if not _has_triton():
-        return False
-    out = subprocess.run([sys.executable, "-c", RUNTIME_LOOP_PROBE], env=dict(os.environ, TRITON_INTERPRET="1"),
-                         capture_output=True, text=True, timeout=300)
-    return out.returncode == 0 and "ok" in out.stdout
-
-
 def _skip_unless_interpreter_runs_the_backward():
     if not _has_triton():
         pytest.skip("Triton not installed")
-    if not _interpreter_runs_runtime_loops():
-        pytest.skip("this Triton's CPU interpreter cannot loop to a run-time bound (Triton 3.6 + NumPy 2.x); "
-                    "the backward kernel's chunk loop needs it")
+    skip_unless_interpreter_runs_runtime_loops("the backward kernel's chunk loop")
 
 
 INTERPRETER_SCRIPT = textwrap.dedent("""
