@@ -1,4 +1,4 @@
-"""Whether this Triton's CPU interpreter can run our kernels' loops (used by the interpreter tests).
+"""Running Triton kernels under the CPU interpreter in the tests, and whether it can run ours.
 
 Kernels that loop to a bound passed at run time (the conv+LN backward's chunk loop, the fused
 add+dropout+LayerNorm backward's row loop) cannot run under Triton 3.6's interpreter with NumPy 2.x:
@@ -12,8 +12,12 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
+
+TESTS = Path(__file__).resolve().parent
+SRC = TESTS.parent / "src"
 
 RUNTIME_LOOP_PROBE = textwrap.dedent("""
     import torch, triton, triton.language as tl
@@ -47,3 +51,12 @@ def skip_unless_interpreter_runs_runtime_loops(what: str) -> None:
     if not interpreter_runs_runtime_loops():
         pytest.skip(f"this Triton's CPU interpreter cannot loop to a run-time bound (Triton 3.6 + NumPy 2.x); "
                     f"{what} needs it")
+
+
+def run_interpreter_script(script: str, timeout: int = 900) -> None:
+    """Run `script` in its own process with TRITON_INTERPRET=1 (Triton reads it when kernels are
+    defined) and the package and tests importable; it must print "ok"."""
+    env = dict(os.environ, TRITON_INTERPRET="1",
+               PYTHONPATH=os.pathsep.join([str(SRC), str(TESTS), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
+    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]

@@ -5,11 +5,7 @@ Triton's CPU interpreter where Triton is installed)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import pytest
 import torch
@@ -19,7 +15,7 @@ from vqdna.models import VQDNAConfig, VQDNAForMaskedLM
 from vqdna.models import fused_norm
 from vqdna.models.masking import mask_tokens
 
-from interpreter_probe import skip_unless_interpreter_runs_runtime_loops
+from interpreter_probe import run_interpreter_script, skip_unless_interpreter_runs_runtime_loops
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -249,7 +245,4 @@ def test_triton_kernels_under_the_cpu_interpreter():
             assert ((a - r).norm() / r.norm()).item() < 1e-6
         print("ok")
     """)
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[1] / "src"), os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+    run_interpreter_script(script, timeout=600)

@@ -24,7 +24,7 @@ from vqdna.tokenizers.fast_encode import FastEncodeSettings
 from vqdna.tokenizers.model import VQModelConfig, VQVAE
 from vqdna.tokenizers.train_path import set_dwconv_ln
 
-from interpreter_probe import skip_unless_interpreter_runs_runtime_loops
+from interpreter_probe import run_interpreter_script, skip_unless_interpreter_runs_runtime_loops
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 
@@ -227,12 +227,7 @@ INTERPRETER_SCRIPT = textwrap.dedent("""
 def test_triton_kernel_under_the_cpu_interpreter():
     """The kernel on CPU tensors (TRITON_INTERPRET=1, its own process: read when kernels are defined)."""
     _skip_unless_interpreter_runs_the_backward()
-    tests_dir = str(Path(__file__).resolve().parent)
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([str(SRC), tests_dir, os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", INTERPRETER_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=900)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+    run_interpreter_script(INTERPRETER_SCRIPT, timeout=900)
 
 
 # ---- the backward kernel (`dwconv_ln_bwd_triton.py`) -------------------------------------------
@@ -348,12 +343,7 @@ BACKWARD_SCRIPT = textwrap.dedent("""
 @pytest.mark.skipif(not _has_triton(), reason="Triton not installed")
 def test_triton_backward_kernel_under_the_cpu_interpreter():
     _skip_unless_interpreter_runs_the_backward()
-    tests_dir = str(Path(__file__).resolve().parent)
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([str(SRC), tests_dir, os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", BACKWARD_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=900)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+    run_interpreter_script(BACKWARD_SCRIPT, timeout=900)
 
 
 COMPILED_STEP_SCRIPT = textwrap.dedent("""
@@ -439,12 +429,7 @@ COMPILED_STEP_SCRIPT = textwrap.dedent("""
 @pytest.mark.skipif(not _has_triton(), reason="Triton not installed")
 def test_kernels_in_the_autograd_function_and_a_compiled_training_step():
     _skip_unless_interpreter_runs_the_backward()
-    tests_dir = str(Path(__file__).resolve().parent)
-    env = dict(os.environ, TRITON_INTERPRET="1",
-               PYTHONPATH=os.pathsep.join([str(SRC), tests_dir, os.environ.get("PYTHONPATH", "")]))
-    out = subprocess.run([sys.executable, "-c", COMPILED_STEP_SCRIPT], env=env, capture_output=True, text=True,
-                         timeout=1200)
-    assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
+    run_interpreter_script(COMPILED_STEP_SCRIPT, timeout=1200)
 
 
 LOOP_CARRY_SCRIPT = textwrap.dedent(r"""

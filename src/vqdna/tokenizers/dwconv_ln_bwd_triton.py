@@ -177,13 +177,7 @@ if triton is not None:
                 row_ok = (lead >= 0) & (lead < L)
                 m2 = row_ok[:, None] & col_ok[None, :]
                 g = g_in.to(tl.float32)
-                c = bias[None, :] + x0.to(tl.float32) * w0[None, :]
-                c += x1.to(tl.float32) * w1[None, :]
-                c += x2.to(tl.float32) * w2[None, :]
-                c += x3.to(tl.float32) * w3[None, :]
-                c += x4.to(tl.float32) * w4[None, :]
-                c += x5.to(tl.float32) * w5[None, :]
-                c += x6.to(tl.float32) * w6[None, :]
+                c = fwd._strip_conv(bias, x0, x1, x2, x3, x4, x5, x6, w0, w1, w2, w3, w4, w5, w6)
                 xhat = tl.where(m2, (c - mu[:, None]) * rs[:, None], 0.0)
                 gx = g * lnw[None, :]  # 0 in padded channels and rows outside [0, L) (dy loads 0)
                 # both row sums in one reduction: one exchange between the warps of a row instead of two

@@ -142,6 +142,19 @@ if triton is not None:
         return tl.load(w_ptr + t * stride_wk + cols * stride_wd, mask=ok, other=0.0).to(tl.float32)
 
     @triton.jit
+    def _strip_conv(bias, x0, x1, x2, x3, x4, x5, x6, w0, w1, w2, w3, w4, w5, w6):
+        """bias + Σ_J x_J·w_J over the 7 window slots, in fp32 (the conv output c of the window's
+        centre row; the strip forward and the backward's recompute add the same terms in this order)."""
+        acc = bias[None, :] + x0.to(tl.float32) * w0[None, :]
+        acc += x1.to(tl.float32) * w1[None, :]
+        acc += x2.to(tl.float32) * w2[None, :]
+        acc += x3.to(tl.float32) * w3[None, :]
+        acc += x4.to(tl.float32) * w4[None, :]
+        acc += x5.to(tl.float32) * w5[None, :]
+        acc += x6.to(tl.float32) * w6[None, :]
+        return acc
+
+    @triton.jit
     def _dwconv_ln_fwd_strip_kernel(x_ptr, shift_ptr, w_ptr, b_ptr, lnw_ptr, lnb_ptr, y_ptr, mean_ptr, rstd_ptr,
                     L, D, stride_xb, stride_xl, stride_wk, stride_wd, chunks_per_seq, eps,
                     K: tl.constexpr, ROWS: tl.constexpr, STEPS: tl.constexpr, BLOCK_D: tl.constexpr,
@@ -183,13 +196,7 @@ if triton is not None:
             pos = start + i
             x6 = _strip_rows(xb, pos + 3, L, stride_xl, cols, col_ok, shift, HAS_SHIFT)
             # padded channels: x, w and b load as 0, so acc is 0 there (no mask needed for the mean)
-            acc = bias[None, :] + x0.to(tl.float32) * w0[None, :]
-            acc += x1.to(tl.float32) * w1[None, :]
-            acc += x2.to(tl.float32) * w2[None, :]
-            acc += x3.to(tl.float32) * w3[None, :]
-            acc += x4.to(tl.float32) * w4[None, :]
-            acc += x5.to(tl.float32) * w5[None, :]
-            acc += x6.to(tl.float32) * w6[None, :]
+            acc = _strip_conv(bias, x0, x1, x2, x3, x4, x5, x6, w0, w1, w2, w3, w4, w5, w6)
             _ln_store(acc, lnw, lnb, cols, col_ok, pos, L, row0, D, eps, y_ptr, mean_ptr, rstd_ptr, STATS)
             x0 = x1
             x1 = x2
