@@ -11,8 +11,11 @@ learning rate in a device tensor. Inputs are copied into static buffers before e
 
 Dropout under a graph: each replay draws from torch's CUDA generator, reseeded by the caller
 before the step (one seed a step, `dropout_seeds[0]`; the eager path seeds every micro-batch),
-so a run is repeatable and a resumed job replays the same draws; the graph's stream differs from
-the eager one (same distribution, other draws), as any change of kernel order would.
+so a run is repeatable; the graph's stream differs from the eager one (same distribution, other
+draws), as any change of kernel order would. A process runs its first `warmup_steps` steps eagerly
+(seeded per micro-batch) before capturing, so a job resumed at step N draws eager dropout for steps
+N..N+2 where the uninterrupted run replayed the graph: resume with graphs is exact in weights,
+optimizer state and data order, not in those steps' dropout draws (the eager path is exact).
 """
 
 from __future__ import annotations
