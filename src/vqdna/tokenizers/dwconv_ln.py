@@ -33,7 +33,6 @@ from . import dwconv_ln_bwd_triton as bwd
 from . import dwconv_ln_triton
 
 KERNELS = ("triton", "triton_fwd", "torch")
-_TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 class DwConvLayerNorm(torch.autograd.Function):
@@ -57,7 +56,7 @@ class DwConvLayerNorm(torch.autograd.Function):
 
 def use_triton(x: torch.Tensor, kernel: str) -> bool:
     """Whether the forward runs the Triton kernel for this input (else the PyTorch code)."""
-    return kernel in ("triton", "triton_fwd") and x.dtype in _TRITON_DTYPES and dwconv_ln_triton.triton_available(x.device)
+    return kernel in ("triton", "triton_fwd") and x.dtype in dwconv_ln_triton.TRITON_DTYPES and dwconv_ln_triton.triton_available(x.device)
 
 
 def dwconv_layer_norm(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor, ln_w: torch.Tensor, ln_b: torch.Tensor,

@@ -43,13 +43,12 @@ if triton is not None:
 
 MAX_K = fwd.STRIP_MAX_K     # the window has 7 slots
 N_PARTIALS = 10             # rows of a program's partials: d_w window slots 0..6, d_b, d_ln_w, d_ln_b
-TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 def supported(x: Tensor, w: Tensor) -> bool:
     """Whether the kernel handles this call (else `reference_backward`): CUDA + Triton, odd k <= 7."""
     k = w.shape[0]
-    return (k % 2 == 1 and k <= MAX_K and x.dtype in TRITON_DTYPES and x.dim() == 3
+    return (k % 2 == 1 and k <= MAX_K and x.dtype in fwd.TRITON_DTYPES and x.dim() == 3
             and fwd.triton_available(x.device))
 
 
@@ -282,13 +281,6 @@ def _launch(dy, x, w, mean, rstd, b, ln_w, dx, sums, cfg: tuple) -> None:
     torch.sum(part, dim=0, out=sums)
 
 
-def _rows_in_place(t: Tensor) -> Tensor:
-    """Channels contiguous and int32 offsets inside a sequence, else a contiguous copy."""
-    if t.stride(2) != 1 or t.shape[1] * max(t.stride(1), 1) >= 2**31:
-        return t.contiguous()
-    return t
-
-
 def triton_backward(dy: Tensor, x: Tensor, w: Tensor, b: Tensor, ln_w: Tensor, mean: Tensor, rstd: Tensor,
                     config: tuple | None = None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """The kernel (odd k <= 7). x and dy `[B, L, D]` may be strided in batch and position (read in place),
@@ -298,7 +290,7 @@ def triton_backward(dy: Tensor, x: Tensor, w: Tensor, b: Tensor, ln_w: Tensor, m
     k = w.shape[0]
     if k % 2 != 1 or k > MAX_K:
         raise ValueError(f"dwconv_ln backward kernel: odd k <= {MAX_K} only, got {k}")
-    x, dy = _rows_in_place(x), _rows_in_place(dy)
+    x, dy = fwd.rows_in_place(x), fwd.rows_in_place(dy)
     mean, rstd = mean.float().contiguous(), rstd.float().contiguous()
     dx = torch.empty((batch, length, dim), device=x.device, dtype=x.dtype)
     sums = torch.zeros((N_PARTIALS, dim), device=x.device, dtype=torch.float32)

@@ -46,6 +46,17 @@ def triton_available(device: torch.device | str) -> bool:
     return triton is not None and dev.type == "cuda"
 
 
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # activations both kernels take
+
+
+def rows_in_place(t: Tensor) -> Tensor:
+    """`[B, L, D]` as the kernels read it: channels contiguous and int32 offsets inside a sequence
+    (batch/position strides are read in place), else a contiguous copy."""
+    if t.stride(2) != 1 or t.shape[1] * max(t.stride(1), 1) >= 2**31:
+        return t.contiguous()
+    return t
+
+
 def _up(t: Tensor) -> Tensor:
     """At least fp32 (bf16 -> fp32; float64 stays float64, for the gradient check)."""
     return t.to(torch.promote_types(t.dtype, torch.float32))
@@ -322,8 +333,7 @@ def triton_forward(x: Tensor, shift: Tensor | None, w: Tensor, b: Tensor, ln_w: 
     `config` any configuration of `CANDIDATES`; neither: on CUDA the fastest candidate is measured once
     per shape, dtype and variant; CPU tensors (Triton's interpreter, in the tests) take a small strip."""
     batch, length, dim = x.shape
-    if x.stride(2) != 1 or length * max(x.stride(1), 1) >= 2**31:  # int32 offsets inside a sequence
-        x = x.contiguous()
+    x = rows_in_place(x)
     y = torch.empty((batch, length, dim), device=x.device, dtype=out_dtype)
     mean = torch.empty((batch, length), device=x.device, dtype=torch.float32)
     rstd = torch.empty_like(mean)
