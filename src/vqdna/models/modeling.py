@@ -157,13 +157,7 @@ class VQDNAForMaskedLM(VQDNAPreTrainedModel):
         else:
             hidden = self.vqdna(input_ids, attention_mask).last_hidden_state
             hidden = hidden.reshape(-1, hidden.shape[-1])[positions]
-        level_logits = self.mlm_head(hidden)
-        level_losses = torch.stack(
-            [F.cross_entropy(lg.float(), target[:, l], reduction="mean") for l, lg in enumerate(level_logits)]
-        )
-        level_correct = torch.stack(
-            [(lg.argmax(-1) == target[:, l]).sum() for l, lg in enumerate(level_logits)]
-        )
+        level_logits, level_losses, level_correct = self._score(hidden, target)
         return VQDNAMaskedLMOutput(
             loss=level_losses.mean(),
             logits=torch.cat(level_logits, dim=-1),
@@ -173,6 +167,17 @@ class VQDNAForMaskedLM(VQDNAPreTrainedModel):
             masked_positions=positions,
             num_targets=torch.tensor(positions.numel(), device=positions.device),
         )
+
+    def _score(self, hidden: torch.Tensor, target: torch.Tensor):
+        """MLM head on the scored rows `hidden [N, H]` against `target [N, levels]`: per-level logits,
+        mean cross-entropy and correct count, rows labelled IGNORE_INDEX (static-shape padding) left out."""
+        level_logits = self.mlm_head(hidden)
+        valid = target[:, 0] != IGNORE_INDEX
+        level_losses = torch.stack([F.cross_entropy(lg.float(), target[:, l], ignore_index=IGNORE_INDEX)
+                                    for l, lg in enumerate(level_logits)])
+        level_correct = torch.stack([((lg.argmax(-1) == target[:, l]) & valid).sum()
+                                     for l, lg in enumerate(level_logits)])
+        return level_logits, level_losses, level_correct
 
     def _forward_static(self, input_ids, attention_mask, labels, K: int) -> VQDNAMaskedLMOutput:
         """The masked-LM loss over a fixed `K` positions per row. The targets of a row come first
@@ -193,11 +198,7 @@ class VQDNAForMaskedLM(VQDNAPreTrainedModel):
         else:
             hidden = self.vqdna(input_ids, attention_mask).last_hidden_state
             hidden = hidden.gather(1, select[..., None].expand(B, K, hidden.shape[-1]))
-        level_logits = self.mlm_head(hidden.reshape(B * K, -1))
-        level_losses = torch.stack([F.cross_entropy(lg.float(), target[:, l], ignore_index=IGNORE_INDEX)
-                                    for l, lg in enumerate(level_logits)])
-        level_correct = torch.stack([((lg.argmax(-1) == target[:, l]) & valid).sum()
-                                     for l, lg in enumerate(level_logits)])
+        level_logits, level_losses, level_correct = self._score(hidden.reshape(B * K, -1), target)
         return VQDNAMaskedLMOutput(
             loss=level_losses.mean(),
             logits=torch.cat(level_logits, dim=-1),
