@@ -31,6 +31,9 @@ vqdna variants (`VARIANTS` below):
                        runs) with a static number of scored positions per row (no host syncs)
   *_cg                 the same, the whole step captured once as a CUDA graph and replayed
                        (pretrain.cuda_graphs)
+  *_cg_rope, *_cg_gelu, *_cg_rope_gelu
+                       vqdna_bf16_fused_cg + RoPE / fc1 bias+GELU as fused ops
+                       (pretrain.fused_rope, pretrain.fused_gelu)
 
 Every run of one batch size trains from the same initial weights on the same batches (real
 token files with `--tokens`, else random ids), learning rate warmed up linearly then constant,
@@ -93,9 +96,14 @@ for _name in ("vqdna_bf16", "vqdna_bf16_fused"):
     VARIANTS[_name + "_static"] = dict(VARIANTS[_name], static=True)
     VARIANTS[_name + "_cg"] = dict(VARIANTS[_name], static=True, cuda_graphs=True)
     VARIANTS[_name + "_cg_seed1"] = dict(VARIANTS[_name + "_cg"], dropout_seed=1)
+# the other fused ops (VQDNAConfig.fused_rope / fused_gelu), alone and together, on the graphed fused path
+for _suffix, _kernels in (("_rope", {"fused_rope": True}), ("_gelu", {"fused_gelu": True}),
+                          ("_rope_gelu", {"fused_rope": True, "fused_gelu": True})):
+    VARIANTS["vqdna_bf16_fused_cg" + _suffix] = dict(VARIANTS["vqdna_bf16_fused_cg"], kernels=_kernels)
+    VARIANTS["vqdna_bf16_fused_cg" + _suffix + "_seed1"] = dict(VARIANTS["vqdna_bf16_fused_cg" + _suffix], dropout_seed=1)
 # keys that change what torch.compile produces: a run whose keys differ from the previous run's
 # resets dynamo's caches (compiled code is cached per function, and config is not guarded)
-COMPILE_KEYS = ("compile", "fp8", "fp8_recipe", "fused", "rope_separate", "functionalize_rng", "inductor", "compile_mode", "bf16",
+COMPILE_KEYS = ("compile", "fp8", "fp8_recipe", "fused", "kernels", "rope_separate", "functionalize_rng", "inductor", "compile_mode", "bf16",
                 "static", "cuda_graphs")
 
 DEFAULT_RUNS = ("stock@256:30,vqdna_bf16@256:200,vqdna_fp8@256:200,vqdna_fp8_rowwise@256:200,"
@@ -143,14 +151,15 @@ def model_flops_per_token(arch: dict, seq: int, vocab: int, mask_ratio: float) -
     return 6 * matmul_params + 12 * L * seq * H + 6 * head * mask_ratio
 
 
-def make_config(arch, vocab, code_dim=384, fused=False) -> VQDNAConfig:
+def make_config(arch, vocab, code_dim=384, fused=False, **kernels) -> VQDNAConfig:
+    """`kernels`: VQDNAConfig's other fused_* keys (fused_rope, fused_gelu)."""
     return VQDNAConfig(levels=1, vocab_sizes=[vocab], embedding="codebook", code_dim=code_dim,
                        hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.0,
-                       fused_dropout_norm=fused, **arch)
+                       fused_dropout_norm=fused, **kernels, **arch)
 
 
-def make_vqdna(arch, vocab, device, code_dim=384, fused=False):
-    cfg = make_config(arch, vocab, code_dim, fused)
+def make_vqdna(arch, vocab, device, code_dim=384, fused=False, **kernels):
+    cfg = make_config(arch, vocab, code_dim, fused, **kernels)
     model = VQDNAForMaskedLM(cfg)
     model.load_code_vectors([torch.randn(vocab, code_dim)])
     return model.to(device)
@@ -232,7 +241,7 @@ def run_variant(name, batch, steps, args, arch, vocab, device, batches) -> dict:
     stock = spec.get("stock", False)
     torch.manual_seed(0)  # the same initial weights for every vqdna run
     model = (make_stock(arch, vocab, args.seq_len, device) if stock
-             else make_vqdna(arch, vocab, device, fused=spec.get("fused", False)))
+             else make_vqdna(arch, vocab, device, fused=spec.get("fused", False), **spec.get("kernels", {})))
     opt = prepare(name, model, device)
     autocast = torch.autocast(device_type=device.type, dtype=torch.bfloat16,
                               enabled=device.type == "cuda" and not spec.get("bf16"))

@@ -16,6 +16,9 @@ class VQDNAConfig(PretrainedConfig):
     `hidden_size`; `embedding="table"`: an ordinary learned table per level (baselines).
     `fused_dropout_norm`: compute each residual add with its dropout and the LayerNorm that
     follows it as one op (`vqdna.models.fused_norm`; pretrain.fused_dropout_norm).
+    `fused_rope`: RoPE on q and k (and the qkv gradient assembly in backward) as one op
+    (pretrain.fused_rope). `fused_gelu`: fc1's bias + GELU as one op with the bias gradient in
+    its backward pass (`vqdna.models.feedforward`; pretrain.fused_gelu).
     """
 
     model_type = "vqdna"
@@ -40,6 +43,8 @@ class VQDNAConfig(PretrainedConfig):
         level_combine: str = "mean",
         tokenizer_kind: str | None = None,
         fused_dropout_norm: bool = False,
+        fused_rope: bool = False,
+        fused_gelu: bool = False,
         **kwargs,
     ):
         vocab_sizes = [int(v) for v in vocab_sizes]
@@ -78,6 +83,9 @@ class VQDNAConfig(PretrainedConfig):
         # on CUDA, the same math in PyTorch elsewhere; same parameters and state-dict keys, so a
         # saved model loads and fine-tunes either way
         self.fused_dropout_norm = bool(fused_dropout_norm)
+        # same parameters and function either way (kernels only), saved like fused_dropout_norm
+        self.fused_rope = bool(fused_rope)
+        self.fused_gelu = bool(fused_gelu)
         super().__init__(**kwargs)
 
     def special_id(self, name: str, level: int) -> int:

@@ -186,3 +186,11 @@ def linear(module: nn.Linear, x: torch.Tensor, rows: slice) -> torch.Tensor:
     if isinstance(module, Float8Linear):
         return fp8_linear(x, w, b, module.fp8_recipe)
     return F.linear(x, w, b)
+
+
+def linear_without_bias(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """`module`'s product without its bias (float8 where the module is), for a caller that adds
+    the bias inside a fused op."""
+    if isinstance(module, Float8Linear):
+        return fp8_linear(x, module.weight, None, module.fp8_recipe)
+    return F.linear(x, module.weight)

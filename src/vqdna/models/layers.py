@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from .configuration import VQDNAConfig
+from .feedforward import FeedForward
 from .fp8 import linear
 from .fused_norm import dropout_add_layer_norm
 from .positions import alibi_bias, alibi_slopes, apply_rope, rope_tables
@@ -78,16 +79,6 @@ def _rotate_qk(qkv: torch.Tensor, rope: tuple | None, separate: bool = False
     cos, sin = rope
     q, k = apply_rope(qkv[:, :, :2], cos[:, None, None], sin[:, None, None]).unbind(2)
     return q, k, v
-
-
-class FeedForward(nn.Module):
-    def __init__(self, config: VQDNAConfig):
-        super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
 
 
 class EncoderLayer(nn.Module):

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 ARCH_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
              "hidden_dropout_prob", "attention_probs_dropout_prob", "position_encoding", "rope_theta",
              "norm_position", "layer_norm_eps", "initializer_range")
+# kernel choices that travel in the saved VQDNAConfig (same parameters and function, other kernels)
+FUSED_KEYS = ("fused_dropout_norm", "fused_rope", "fused_gelu")
 
 
 @dataclass
@@ -62,6 +64,8 @@ class PretrainSettings:
     fp8_recipe: str = "tensorwise"
     compile: bool = False
     fused_dropout_norm: bool = False
+    fused_rope: bool = False
+    fused_gelu: bool = False
     cuda_graphs: bool = False
     train_split: str = "train"
     eval_split: str | None = "valid"
@@ -138,10 +142,10 @@ def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None 
 
     torch.manual_seed(seed)
     arch = {k: settings.model[k] for k in ARCH_KEYS if k in settings.model}
-    # fused add+dropout+LayerNorm: Triton kernels on CUDA, the same math in PyTorch on CPU; kept
-    # in the saved config, so from_pretrained / fine-tuning run the same path
-    model = VQDNAForMaskedLM.from_tokenizer(tokenizer, fused_dropout_norm=settings.fused_dropout_norm,
-                                            **arch).to(device)
+    # fused ops: Triton kernels on CUDA, the same math in PyTorch on CPU; kept in the saved
+    # config, so from_pretrained / fine-tuning run the same path
+    fused = {k: getattr(settings, k) for k in FUSED_KEYS}
+    model = VQDNAForMaskedLM.from_tokenizer(tokenizer, **fused, **arch).to(device)
     if pure_bf16:
         for p in model.parameters():  # parameters only: the frozen codebooks stay fp32
             p.data = p.data.to(torch.bfloat16)

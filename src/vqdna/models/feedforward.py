@@ -1,0 +1,24 @@
+"""The encoder block's feed-forward network: fc1 -> GELU -> fc2."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .configuration import VQDNAConfig
+from .fp8 import linear_without_bias
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: VQDNAConfig):
+        super().__init__()
+        self.config = config  # read at call time, like EncoderLayer: fused_* keys may be set after construction
+        self.fc1 = nn.Linear(config.hidden_size, config.intermediate_size)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size)
+
+    def forward(self, x: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
+        """`add_bias=False`: fc2's output without its bias, for a caller that adds `fc2.bias`
+        itself inside a fused op (the residual add + dropout + LayerNorm)."""
+        a = F.gelu(self.fc1(x))
+        return self.fc2(a) if add_bias else linear_without_bias(self.fc2, a)
