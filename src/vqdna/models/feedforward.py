@@ -8,6 +8,7 @@ from torch import nn
 
 from .configuration import VQDNAConfig
 from .fp8 import linear_without_bias
+from .fused_gelu import bias_gelu
 
 
 class FeedForward(nn.Module):
@@ -20,5 +21,10 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
         """`add_bias=False`: fc2's output without its bias, for a caller that adds `fc2.bias`
         itself inside a fused op (the residual add + dropout + LayerNorm)."""
-        a = F.gelu(self.fc1(x))
+        if getattr(self.config, "fused_gelu", False):
+            # fc1 without its bias; the bias add, GELU and (in backward) the bias gradient in
+            # one op (vqdna.models.fused_gelu)
+            a = bias_gelu(linear_without_bias(self.fc1, x), self.fc1.bias)
+        else:
+            a = F.gelu(self.fc1(x))
         return self.fc2(a) if add_bias else linear_without_bias(self.fc2, a)
