@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from vqdna.models import VQDNAConfig, VQDNAForMaskedLM
 from vqdna.models import fused_norm
+from vqdna.models.layers import EncoderLayer
 from vqdna.models.masking import mask_tokens
 
 from interpreter_probe import run_interpreter_script, skip_unless_interpreter_runs_runtime_loops
@@ -25,23 +26,29 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
 
 
-def plain_with_mask(x, y, w, b, keep, p, eps):
-    """What the op must compute: nn.Dropout with the op's own mask, then add, then LayerNorm."""
+def plain_with_mask(x, y, w, b, keep, p, eps, yb=None):
+    """What the op must compute: y's bias, nn.Dropout with the op's own mask, then add, then LayerNorm."""
+    if yb is not None:
+        y = y + yb
     s = x + torch.where(keep, y / (1 - p), torch.zeros((), dtype=y.dtype, device=y.device))
     return s, F.layer_norm(s, (x.shape[-1],), w, b, eps)
 
 
-def run_both(device, dtype, p, with_ds, N=37, H=96, eps=1e-5, seed=123):
+def run_both(device, dtype, p, with_ds, N=37, H=96, eps=1e-5, seed=123, with_yb=False):
+    """The op and the plain composition (float64, same mask); outputs and the gradients of x, y,
+    weight, bias (and y's bias with `with_yb`)."""
     gen = torch.Generator().manual_seed(seed)
     x, y, gs, gh = (torch.randn(N, H, generator=gen).to(device, dtype) for _ in range(4))
     w = (1 + 0.3 * torch.randn(H, generator=gen)).to(device, dtype)
     b = (0.3 * torch.randn(H, generator=gen)).to(device, dtype)
+    yb = (0.5 * torch.randn(H, generator=gen)).to(device, dtype)
     seed_t = torch.tensor([seed], device=device)
     keep = fused_norm.keep_mask((N, H), p, seed_t, device, dtype)
-    ins = [t.clone().requires_grad_() for t in (x, y, w, b)]
-    ref = [t.detach().double().requires_grad_() for t in (x, y, w, b)]
-    s, h = fused_norm.dropout_add_layer_norm(*ins, p, eps, seed=seed_t)
-    s_ref, h_ref = plain_with_mask(*ref, keep, p, eps)
+    leaves = (x, y, w, b, yb) if with_yb else (x, y, w, b)
+    ins = [t.clone().requires_grad_() for t in leaves]
+    ref = [t.detach().double().requires_grad_() for t in leaves]
+    s, h = fused_norm.dropout_add_layer_norm(*ins[:4], p, eps, seed=seed_t, y_bias=ins[4] if with_yb else None)
+    s_ref, h_ref = plain_with_mask(*ref[:4], keep, p, eps, ref[4] if with_yb else None)
     outs = [(h, h_ref, gh)] + ([(s, s_ref, gs)] if with_ds else [])
     torch.autograd.backward([o for o, _, _ in outs], [g for _, _, g in outs])
     torch.autograd.backward([r for _, r, _ in outs], [g.double() for _, _, g in outs])
@@ -58,9 +65,24 @@ def test_op_equals_plain_composition_fp32(device, p, with_ds):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_op_equals_plain_composition_bf16(device):
-    got, ref, _ = run_both(device, torch.bfloat16, 0.1, True, N=64, H=768)
-    for name, a, r in zip(("s", "h", "dx", "dy", "dweight", "dbias"), got, ref):
+@pytest.mark.parametrize("p", [0.0, 0.1, 0.5])
+@pytest.mark.parametrize("with_ds", [True, False])
+def test_op_with_y_bias_equals_plain_composition_fp32(device, p, with_ds):
+    """y's bias folded in: `x + dropout(y + b)`; its gradient is the column sum of dy."""
+    got, ref, keep = run_both(device, torch.float32, p, with_ds, with_yb=True)
+    assert len(got) == 7
+    for name, a, r in zip(("s", "h", "dx", "dy", "dweight", "dbias", "dy_bias"), got, ref):
+        assert rel(a, r) < 1e-5, name
+    torch.testing.assert_close(got[6], got[3].sum(0))
+    if p > 0:  # dropped where y was dropped: the bias goes through the same mask
+        assert (got[3][~keep] == 0).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("with_yb", [False, True])
+def test_op_equals_plain_composition_bf16(device, with_yb):
+    got, ref, _ = run_both(device, torch.bfloat16, 0.1, True, N=64, H=768, with_yb=with_yb)
+    for name, a, r in zip(("s", "h", "dx", "dy", "dweight", "dbias", "dy_bias"), got, ref):
         assert a.dtype == torch.bfloat16
         assert rel(a, r) < 1e-2, name  # bf16 storage: ~2e-3 measured
 
@@ -128,11 +150,40 @@ def test_fused_model_equals_plain_model_without_dropout(norm_position, sparse):
     masked, labels = tiny_batch(cfg)
     loss_plain, g_plain = loss_and_grads(model, masked, labels)
     cfg.fused_dropout_norm = True
-    loss_fused, g_fused = loss_and_grads(model, masked, labels)
-    torch.testing.assert_close(loss_fused, loss_plain, rtol=1e-5, atol=1e-6)
-    assert g_fused.keys() == g_plain.keys()
-    for name in g_plain:
-        torch.testing.assert_close(g_fused[name], g_plain[name], rtol=1e-4, atol=1e-6, msg=name)
+    for fold in (True, False):  # out_proj / fc2 biases inside the op, or in the linear layers
+        EncoderLayer.fold_bias = fold
+        try:
+            loss_fused, g_fused = loss_and_grads(model, masked, labels)
+        finally:
+            EncoderLayer.fold_bias = True
+        torch.testing.assert_close(loss_fused, loss_plain, rtol=1e-5, atol=1e-6)
+        assert g_fused.keys() == g_plain.keys()
+        for name in g_plain:
+            torch.testing.assert_close(g_fused[name], g_plain[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("norm_position", ["pre", "post"])
+@pytest.mark.parametrize("sparse", [True, False])
+def test_folded_biases_keep_the_training_function(norm_position, sparse):
+    """Train mode, same seed: the folded op draws the same masks (the bias is dropped with its
+    y, as nn.Dropout(linear(a)) does), so folding changes only rounding."""
+    cfg = VQDNAConfig(levels=1, vocab_sizes=[20], norm_position=norm_position, fused_dropout_norm=True, **TINY)
+    torch.manual_seed(0)
+    model = VQDNAForMaskedLM(cfg).train()
+    model.sparse_last_layer = sparse
+    masked, labels = tiny_batch(cfg)
+    EncoderLayer.fold_bias = False
+    try:
+        loss_unfolded, g_unfolded = loss_and_grads(model, masked, labels)
+    finally:
+        EncoderLayer.fold_bias = True
+    loss_folded, g_folded = loss_and_grads(model, masked, labels)
+    torch.testing.assert_close(loss_folded, loss_unfolded, rtol=1e-5, atol=1e-6)
+    for name in g_unfolded:
+        torch.testing.assert_close(g_folded[name], g_unfolded[name], rtol=1e-4, atol=1e-6, msg=name)
+    assert any(n.endswith("out_proj.bias") for n in g_folded) and any(n.endswith("fc2.bias") for n in g_folded)
+    model.eval()
+    assert not torch.equal(loss_and_grads(model, masked, labels)[0], loss_folded)  # dropout was on
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -193,11 +244,18 @@ def test_triton_and_reference_paths_agree_on_cuda():
     # reference with p=0 on the masked y, scaled: identical up to bf16 rounding of y / (1-p)
     s_r2 = (x.float() + y_masked.float() / (1 - p)).to(torch.bfloat16)
     assert rel(s, s_r2) < 1e-2 and rel(h, fused_norm.reference_forward(s_r2, torch.zeros_like(s_r2), w, b, seed, 0.0, 1e-12)[1]) < 1e-2
-    got = fused_norm.triton_backward(dh, ds, s, w, mean, rstd, seed, p, torch.bfloat16, torch.bfloat16)
+    got = fused_norm.triton_backward(dh, ds, s, w, mean, rstd, seed, p, torch.bfloat16, torch.bfloat16, torch.bfloat16)
     ref = fused_norm.reference_backward(dh, ds, s, w, mean, rstd, seed, 0.0, torch.bfloat16, torch.bfloat16)
+    dy_ref = torch.where(keep, ref[1].float() / (1 - p), 0.0)
     assert rel(got[0], ref[0]) < 1e-2
-    assert rel(got[1], torch.where(keep, ref[1].float() / (1 - p), 0.0)) < 1e-2
+    assert rel(got[1], dy_ref) < 1e-2
     assert rel(got[2], ref[2]) < 1e-2 and rel(got[3], ref[3]) < 1e-2
+    assert rel(got[4], dy_ref.sum(0)) < 1e-2  # the y-bias gradient: column sums of dy
+    # with a y bias in forward: the same as adding it to y first
+    yb = torch.randn(H, device="cuda", dtype=torch.bfloat16)
+    s_b, h_b, _, _ = fused_norm.triton_forward(x, y, w, b, seed, p, 1e-12, yb)
+    s_r3 = (x.float() + torch.where(keep, (y.float() + yb.float()) / (1 - p), 0.0)).to(torch.bfloat16)
+    assert rel(s_b, s_r3) < 1e-2 and rel(h_b, fused_norm.reference_forward(s_r3, torch.zeros_like(s_r3), w, b, seed, 0.0, 1e-12)[1]) < 1e-2
 
 
 def _has_triton() -> bool:
@@ -233,15 +291,31 @@ def test_triton_kernels_under_the_cpu_interpreter():
             h2 = F.layer_norm(s2, (H,), ins[2], ins[3], 1e-5)
             torch.autograd.backward([s2, h2], [gs, gh])
             got = fn.triton_backward(gh, gs, s, w, mean, rstd, seed, p, torch.float32, torch.float32)
-            for a, r in zip((s, h) + tuple(got), [s2, h2] + [t.grad for t in ins]):
+            assert got[4].numel() == 0  # no y bias
+            for a, r in zip((s, h) + tuple(got[:4]), [s2, h2] + [t.grad for t in ins]):
                 assert ((a - r).norm() / r.norm()).item() < 1e-5, (N, H, tiles)
+            # y's bias folded in: forward adds it before the mask, backward sums dy per column
+            yb = torch.randn(H)
+            s_b, h_b, mean_b, rstd_b = fn.triton_forward(x, y, w, b, seed, p, 1e-5, yb)
+            ins_b = [t.clone().requires_grad_() for t in (x, y, w, b, yb)]
+            s4 = ins_b[0] + torch.where(keep, (ins_b[1] + ins_b[4]) / (1 - p), 0.0)
+            h4 = F.layer_norm(s4, (H,), ins_b[2], ins_b[3], 1e-5)
+            torch.autograd.backward([s4, h4], [gs, gh])
+            got_b = fn.triton_backward(gh, gs, s_b, w, mean_b, rstd_b, seed, p, torch.float32, torch.float32, torch.float32)
+            for a, r in zip((s_b, h_b) + tuple(got_b), [s4, h4] + [t.grad for t in ins_b]):
+                assert ((a - r).norm() / r.norm()).item() < 1e-5, ("y bias", N, H, tiles)
         # the same kernels behind the custom op and its autograd formula (what the model calls on
         # CUDA): the op's checks (e.g. no output aliasing another) hold for the Triton path too
         fn.triton_available = lambda device: True
         ins = [t.clone().requires_grad_() for t in (x, y, w, b)]
         s3, h3 = fn.dropout_add_layer_norm(*ins, p, 1e-5, seed=seed)
         torch.autograd.backward([s3, h3], [gs, gh])
-        for a, r in zip([s3, h3] + [t.grad for t in ins], (s, h) + tuple(got)):
+        for a, r in zip([s3, h3] + [t.grad for t in ins], (s, h) + tuple(got[:4])):
+            assert ((a - r).norm() / r.norm()).item() < 1e-6
+        ins = [t.clone().requires_grad_() for t in (x, y, w, b, yb)]
+        s5, h5 = fn.dropout_add_layer_norm(*ins[:4], p, 1e-5, seed=seed, y_bias=ins[4])
+        torch.autograd.backward([s5, h5], [gs, gh])
+        for a, r in zip([s5, h5] + [t.grad for t in ins], (s_b, h_b) + tuple(got_b)):
             assert ((a - r).norm() / r.norm()).item() < 1e-6
         print("ok")
     """)

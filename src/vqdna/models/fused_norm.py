@@ -1,4 +1,4 @@
-"""`(s, h) = (x + dropout(y), LayerNorm(x + dropout(y)))` as one op: one pass forward, one backward.
+"""`(s, h) = (x + dropout(y + b), LayerNorm(x + dropout(y + b)))` as one op: one pass forward, one backward.
 
 Every residual add of the encoder is followed by a LayerNorm (pre-LN: the next sub-layer's input
 norm, the next block's, or the final norm; post-LN: the norm of the same sub-layer), so the
@@ -7,7 +7,10 @@ hand-written op rather than leaving it to torch.compile: the dropout mask is reg
 backward pass from a seed (counter-based Philox: element index -> random number) instead of
 being stored and re-read, and the backward pass computes the LayerNorm weight/bias gradients in
 the same pass that writes the input gradients (per-program partial sums) instead of re-reading
-the activations in separate reductions.
+the activations in separate reductions. The optional bias `b` (`y_bias`) is the bias of the linear
+layer that produced y (out_proj, fc2), taken out of that layer so that its gradient (column sums of
+the gradient w.r.t. y + b) is another partial sum of the same backward pass, not one more
+reduction over y's gradient per layer.
 
 Registered as the custom op `vqdna::dropout_add_layer_norm` (+ `_backward`) with an autograd
 formula and a fake (meta) implementation, so torch.compile keeps it as one opaque kernel call.
@@ -50,9 +53,10 @@ def _stats(s: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     return mean, torch.rsqrt(var + eps)
 
 
-def reference_forward(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, seed: Tensor, p: float, eps: float):
+def reference_forward(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, seed: Tensor, p: float, eps: float,
+                      y_bias: Tensor | None = None):
     out_dtype = torch.promote_types(x.dtype, y.dtype)
-    yf = y.float()
+    yf = y.float() if y_bias is None else y.float() + y_bias.float()
     if p > 0:
         keep = reference_keep_mask(int(seed.reshape(-1)[0]), y.shape, p, y.device)
         yf = torch.where(keep, yf / (1.0 - p), 0.0)
@@ -66,7 +70,10 @@ def reference_forward(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, seed: 
 
 
 def reference_backward(dh: Tensor, ds: Tensor | None, s: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
-                       seed: Tensor, p: float, x_dtype: torch.dtype, y_dtype: torch.dtype):
+                       seed: Tensor, p: float, x_dtype: torch.dtype, y_dtype: torch.dtype,
+                       y_bias_dtype: torch.dtype | None = None):
+    """(dx, dy, dweight, dbias, dy_bias); dy_bias is empty `[0]` without a y bias (a custom op
+    cannot return None)."""
     H = s.shape[-1]
     xhat = (s.float() - mean[..., None]) * rstd[..., None]
     dhf = dh.float()
@@ -84,7 +91,9 @@ def reference_backward(dh: Tensor, ds: Tensor | None, s: Tensor, weight: Tensor,
     rows = dhf.reshape(-1, H)
     dw = (rows * xhat.reshape(-1, H)).sum(0)
     db = rows.sum(0)
-    return dsum.to(x_dtype), dy.to(y_dtype), dw.to(weight.dtype), db.to(weight.dtype)
+    dyb = (dy.reshape(-1, H).sum(0).to(y_bias_dtype) if y_bias_dtype is not None
+           else dy.new_empty(0, dtype=weight.dtype))
+    return dsum.to(x_dtype), dy.to(y_dtype), dw.to(weight.dtype), db.to(weight.dtype), dyb
 
 
 # ---- Triton kernels (CUDA) ----------------------------------------------------------------
@@ -100,13 +109,15 @@ if triton is not None:
     # in forward and backward, so backward regenerates the forward's mask.
 
     @triton.jit
-    def _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, chunk: tl.constexpr, Q: tl.constexpr,
-                  n_cols, r, p, scale, HAS_DROPOUT: tl.constexpr):
+    def _load_add(x_ptr, y_ptr, yb_ptr, s_ptr, rows, row_ok, lanes, chunk: tl.constexpr, Q: tl.constexpr,
+                  n_cols, r, p, scale, HAS_DROPOUT: tl.constexpr, HAS_YB: tl.constexpr):
         cols = chunk * Q + lanes
         m = row_ok[:, None] & (cols < n_cols)[None, :]
         offs = rows[:, None] * n_cols + cols[None, :]
         x = tl.load(x_ptr + offs, mask=m, other=0.0).to(tl.float32)
         y = tl.load(y_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        if HAS_YB:
+            y += tl.load(yb_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)[None, :]
         if HAS_DROPOUT:
             y = tl.where(r >= p, y * scale, 0.0)
         s = (x + y).to(s_ptr.dtype.element_ty)
@@ -121,10 +132,10 @@ if triton is not None:
         tl.store(h_ptr + offs, h.to(h_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _fwd_kernel(x_ptr, y_ptr, w_ptr, b_ptr, s_ptr, h_ptr, mean_ptr, rstd_ptr, seed_ptr,
+    def _fwd_kernel(x_ptr, y_ptr, yb_ptr, w_ptr, b_ptr, s_ptr, h_ptr, mean_ptr, rstd_ptr, seed_ptr,
                     n_rows, n_cols, p, scale, eps,
                     BLOCK_M: tl.constexpr, Q: tl.constexpr, NCHUNK: tl.constexpr, HAS_DROPOUT: tl.constexpr,
-                    ROUNDS: tl.constexpr):
+                    ROUNDS: tl.constexpr, HAS_YB: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         lanes = tl.arange(0, Q)
         row_ok = rows < n_rows
@@ -135,16 +146,16 @@ if triton is not None:
             r0, r1, r2, r3 = 0.0, 0.0, 0.0, 0.0
         # chunks past NCHUNK are skipped at compile time (constexpr ifs): no dead lanes for a
         # width of 3 x 256 (BERT-base)
-        s0, m0, o0, c0 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 0, Q, n_cols, r0, p, scale, HAS_DROPOUT)
+        s0, m0, o0, c0 = _load_add(x_ptr, y_ptr, yb_ptr, s_ptr, rows, row_ok, lanes, 0, Q, n_cols, r0, p, scale, HAS_DROPOUT, HAS_YB)
         acc = tl.sum(s0, axis=1)
         if NCHUNK > 1:
-            s1, m1, o1, c1 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 1, Q, n_cols, r1, p, scale, HAS_DROPOUT)
+            s1, m1, o1, c1 = _load_add(x_ptr, y_ptr, yb_ptr, s_ptr, rows, row_ok, lanes, 1, Q, n_cols, r1, p, scale, HAS_DROPOUT, HAS_YB)
             acc += tl.sum(s1, axis=1)
         if NCHUNK > 2:
-            s2, m2, o2, c2 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 2, Q, n_cols, r2, p, scale, HAS_DROPOUT)
+            s2, m2, o2, c2 = _load_add(x_ptr, y_ptr, yb_ptr, s_ptr, rows, row_ok, lanes, 2, Q, n_cols, r2, p, scale, HAS_DROPOUT, HAS_YB)
             acc += tl.sum(s2, axis=1)
         if NCHUNK > 3:
-            s3, m3, o3, c3 = _load_add(x_ptr, y_ptr, s_ptr, rows, row_ok, lanes, 3, Q, n_cols, r3, p, scale, HAS_DROPOUT)
+            s3, m3, o3, c3 = _load_add(x_ptr, y_ptr, yb_ptr, s_ptr, rows, row_ok, lanes, 3, Q, n_cols, r3, p, scale, HAS_DROPOUT, HAS_YB)
             acc += tl.sum(s3, axis=1)
         mean = acc / n_cols
         d0 = tl.where(m0, s0 - mean[:, None], 0.0)
@@ -191,13 +202,14 @@ if triton is not None:
         if HAS_DROPOUT:
             dsum = tl.where(r >= p, dsum * scale, 0.0)
         tl.store(dy_ptr + offs, dsum.to(dy_ptr.dtype.element_ty), mask=m)
+        return dsum  # the gradient w.r.t. y + b in fp32 (zero on masked-off lanes): the y-bias partial sums
 
     @triton.jit
     def _bwd_kernel(dh_ptr, ds_ptr, s_ptr, w_ptr, mean_ptr, rstd_ptr, seed_ptr,
-                    dx_ptr, dy_ptr, dw_ptr, db_ptr,
+                    dx_ptr, dy_ptr, dw_ptr, db_ptr, dyb_ptr,
                     n_rows, n_cols, rows_per_prog, p, scale,
                     BLOCK_M: tl.constexpr, Q: tl.constexpr, NCHUNK: tl.constexpr,
-                    HAS_DROPOUT: tl.constexpr, HAS_DS: tl.constexpr, ROUNDS: tl.constexpr):
+                    HAS_DROPOUT: tl.constexpr, HAS_DS: tl.constexpr, ROUNDS: tl.constexpr, HAS_YB: tl.constexpr):
         # a persistent program walks a stripe of rows, BLOCK_M at a time; its weight/bias-gradient
         # partial sums stay [BLOCK_M, Q] register tiles (reduced over rows once, at the end: no
         # cross-warp reduction inside the loop)
@@ -211,6 +223,11 @@ if triton is not None:
         db2 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
         dw3 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
         db3 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
+        # y-bias gradient partial sums (only used with HAS_YB; dead code for the compiler otherwise)
+        dyb0 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
+        dyb1 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
+        dyb2 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
+        dyb3 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
         first = pid * rows_per_prog
         end = tl.minimum(first + rows_per_prog, n_rows)
         seed = tl.load(seed_ptr)
@@ -240,22 +257,38 @@ if triton is not None:
                 q0, q1, q2, q3 = tl.rand4x(seed, rows[:, None] * Q + lanes[None, :], ROUNDS)
             else:
                 q0, q1, q2, q3 = 0.0, 0.0, 0.0, 0.0
-            _store_grad(ds_ptr, dx_ptr, dy_ptr, x0, g0, m0, o0, c1, c2, rstd, q0, p, scale, HAS_DROPOUT, HAS_DS)
+            gy0 = _store_grad(ds_ptr, dx_ptr, dy_ptr, x0, g0, m0, o0, c1, c2, rstd, q0, p, scale, HAS_DROPOUT, HAS_DS)
+            if HAS_YB:
+                dyb0 += gy0
             dw0 += h0 * x0
             db0 += h0
             if NCHUNK > 1:
-                _store_grad(ds_ptr, dx_ptr, dy_ptr, x1, g1, m1, o1, c1, c2, rstd, q1, p, scale, HAS_DROPOUT, HAS_DS)
+                gy1 = _store_grad(ds_ptr, dx_ptr, dy_ptr, x1, g1, m1, o1, c1, c2, rstd, q1, p, scale, HAS_DROPOUT, HAS_DS)
+                if HAS_YB:
+                    dyb1 += gy1
                 dw1 += h1 * x1
                 db1 += h1
             if NCHUNK > 2:
-                _store_grad(ds_ptr, dx_ptr, dy_ptr, x2, g2, m2, o2, c1, c2, rstd, q2, p, scale, HAS_DROPOUT, HAS_DS)
+                gy2 = _store_grad(ds_ptr, dx_ptr, dy_ptr, x2, g2, m2, o2, c1, c2, rstd, q2, p, scale, HAS_DROPOUT, HAS_DS)
+                if HAS_YB:
+                    dyb2 += gy2
                 dw2 += h2 * x2
                 db2 += h2
             if NCHUNK > 3:
-                _store_grad(ds_ptr, dx_ptr, dy_ptr, x3, g3, m3, o3, c1, c2, rstd, q3, p, scale, HAS_DROPOUT, HAS_DS)
+                gy3 = _store_grad(ds_ptr, dx_ptr, dy_ptr, x3, g3, m3, o3, c1, c2, rstd, q3, p, scale, HAS_DROPOUT, HAS_DS)
+                if HAS_YB:
+                    dyb3 += gy3
                 dw3 += h3 * x3
                 db3 += h3
         base = pid * n_cols
+        if HAS_YB:
+            tl.store(dyb_ptr + base + lanes, tl.sum(dyb0, axis=0), mask=lanes < n_cols)
+            if NCHUNK > 1:
+                tl.store(dyb_ptr + base + Q + lanes, tl.sum(dyb1, axis=0), mask=Q + lanes < n_cols)
+            if NCHUNK > 2:
+                tl.store(dyb_ptr + base + 2 * Q + lanes, tl.sum(dyb2, axis=0), mask=2 * Q + lanes < n_cols)
+            if NCHUNK > 3:
+                tl.store(dyb_ptr + base + 3 * Q + lanes, tl.sum(dyb3, axis=0), mask=3 * Q + lanes < n_cols)
         tl.store(dw_ptr + base + lanes, tl.sum(dw0, axis=0), mask=lanes < n_cols)
         tl.store(db_ptr + base + lanes, tl.sum(db0, axis=0), mask=lanes < n_cols)
         if NCHUNK > 1:
@@ -309,7 +342,7 @@ def _check_size(n: int) -> None:
                          f"({MAX_ELEMENTS}); use a smaller micro-batch or fused_dropout_norm: false")
 
 
-def triton_forward(x, y, weight, bias, seed, p, eps):
+def triton_forward(x, y, weight, bias, seed, p, eps, y_bias=None):
     out_dtype = torch.promote_types(x.dtype, y.dtype)
     H = x.shape[-1]
     x2, y2 = x.reshape(-1, H).contiguous(), y.reshape(-1, H).contiguous()
@@ -322,15 +355,16 @@ def triton_forward(x, y, weight, bias, seed, p, eps):
     _check_size(N * max(H, q * nchunk))
     block_m = TILES["fwd_rows"]
     _fwd_kernel[(triton.cdiv(N, block_m),)](
-        x2, y2, weight.contiguous(), bias.contiguous(), s, h, mean, rstd, seed, N, H, p,
-        1.0 / (1.0 - p) if p < 1 else 0.0, eps,
+        x2, y2, y_bias.contiguous() if y_bias is not None else bias, weight.contiguous(), bias.contiguous(),
+        s, h, mean, rstd, seed, N, H, p, 1.0 / (1.0 - p) if p < 1 else 0.0, eps,
         BLOCK_M=block_m, Q=q, NCHUNK=nchunk, HAS_DROPOUT=p > 0, ROUNDS=TILES["philox_rounds"],
-        num_warps=TILES["fwd_warps"])
+        HAS_YB=y_bias is not None, num_warps=TILES["fwd_warps"])
     shape = x.shape[:-1]
     return s.view(*shape, H), h.view(*shape, H), mean.view(shape), rstd.view(shape)
 
 
-def triton_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype):
+def triton_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype, y_bias_dtype=None):
+    """(dx, dy, dweight, dbias, dy_bias) as `reference_backward`."""
     H = s.shape[-1]
     dh2 = dh.reshape(-1, H).contiguous()
     ds2 = ds.reshape(-1, H).contiguous() if ds is not None else dh2  # dh2: a valid pointer, never read
@@ -350,28 +384,32 @@ def triton_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype):
     n_prog = triton.cdiv(N, rows_per_prog)
     dw_part = torch.empty((n_prog, H), device=s.device, dtype=torch.float32)
     db_part = torch.empty_like(dw_part)
+    has_yb = y_bias_dtype is not None
+    dyb_part = torch.empty_like(dw_part) if has_yb else db_part  # db_part: a valid pointer, never written
     _bwd_kernel[(n_prog,)](
         dh2, ds2, s2, weight.contiguous(), mean.reshape(-1), rstd.reshape(-1), seed, dx, dy, dw_part, db_part,
-        N, H, rows_per_prog, p, 1.0 / (1.0 - p) if p < 1 else 0.0,
+        dyb_part, N, H, rows_per_prog, p, 1.0 / (1.0 - p) if p < 1 else 0.0,
         BLOCK_M=block_m, Q=q, NCHUNK=nchunk, HAS_DROPOUT=p > 0, HAS_DS=ds is not None,
-        ROUNDS=TILES["philox_rounds"], num_warps=TILES["bwd_warps"])
-    # two separate sums: a custom op's outputs must not alias each other (views of one [2, H]
-    # sum would; the op's aliasing check rejects them)
-    return dx.view(s.shape), dy.view(s.shape), dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(weight.dtype)
+        ROUNDS=TILES["philox_rounds"], HAS_YB=has_yb, num_warps=TILES["bwd_warps"])
+    # separate sums: a custom op's outputs must not alias each other (views of one [2, H] or
+    # [3, H] sum would; the op's aliasing check rejects them)
+    dyb = dyb_part.sum(0).to(y_bias_dtype) if has_yb else dx.new_empty(0, dtype=weight.dtype)
+    return (dx.view(s.shape), dy.view(s.shape), dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(weight.dtype),
+            dyb)
 
 
 # ---- custom ops: dispatch, fake tensors, autograd ---------------------------------------------
 
 @torch.library.custom_op("vqdna::dropout_add_layer_norm", mutates_args=())
-def _op_forward(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, seed: Tensor, p: float,
-                eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+def _op_forward(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, y_bias: Tensor | None, seed: Tensor,
+                p: float, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     if triton_available(x.device):
-        return triton_forward(x, y, weight, bias, seed, p, eps)
-    return reference_forward(x, y, weight, bias, seed, p, eps)
+        return triton_forward(x, y, weight, bias, seed, p, eps, y_bias)
+    return reference_forward(x, y, weight, bias, seed, p, eps, y_bias)
 
 
 @_op_forward.register_fake
-def _(x, y, weight, bias, seed, p, eps):
+def _(x, y, weight, bias, y_bias, seed, p, eps):
     dtype = torch.promote_types(x.dtype, y.dtype)
     stats = x.new_empty(x.shape[:-1], dtype=torch.float32)
     return x.new_empty(x.shape, dtype=dtype), x.new_empty(x.shape, dtype=dtype), stats, torch.empty_like(stats)
@@ -379,43 +417,45 @@ def _(x, y, weight, bias, seed, p, eps):
 
 @torch.library.custom_op("vqdna::dropout_add_layer_norm_backward", mutates_args=())
 def _op_backward(dh: Tensor, ds: Tensor | None, s: Tensor, weight: Tensor, mean: Tensor, rstd: Tensor,
-                 seed: Tensor, p: float, x_dtype: torch.dtype, y_dtype: torch.dtype
-                 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+                 seed: Tensor, p: float, x_dtype: torch.dtype, y_dtype: torch.dtype,
+                 y_bias_dtype: torch.dtype | None) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     if triton_available(s.device):
-        return triton_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype)
-    return reference_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype)
+        return triton_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype, y_bias_dtype)
+    return reference_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype, y_bias_dtype)
 
 
 @_op_backward.register_fake
-def _(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype):
+def _(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype, y_bias_dtype):
+    dyb = (s.new_empty(s.shape[-1:], dtype=y_bias_dtype) if y_bias_dtype is not None
+           else s.new_empty(0, dtype=weight.dtype))
     return (s.new_empty(s.shape, dtype=x_dtype), s.new_empty(s.shape, dtype=y_dtype),
-            torch.empty_like(weight), torch.empty_like(weight))
+            torch.empty_like(weight), torch.empty_like(weight), dyb)
 
 
 def _setup_context(ctx, inputs, output):
-    x, y, weight, bias, seed, p, eps = inputs
+    x, y, weight, bias, y_bias, seed, p, eps = inputs
     s, _, mean, rstd = output
     ctx.save_for_backward(s, weight, mean, rstd, seed)
     ctx.p = p
-    ctx.dtypes = (x.dtype, y.dtype)
+    ctx.dtypes = (x.dtype, y.dtype, None if y_bias is None else y_bias.dtype)
 
 
 def _autograd_backward(ctx, ds, dh, _dmean, _drstd):
     s, weight, mean, rstd, seed = ctx.saved_tensors
     if dh is None:
         dh = torch.zeros_like(s)
-    dx, dy, dw, db = _op_backward(dh, ds, s, weight, mean, rstd, seed, ctx.p, *ctx.dtypes)
-    return dx, dy, dw, db, None, None, None
+    dx, dy, dw, db, dyb = _op_backward(dh, ds, s, weight, mean, rstd, seed, ctx.p, *ctx.dtypes)
+    return dx, dy, dw, db, (dyb if ctx.dtypes[2] is not None else None), None, None, None
 
 
 _op_forward.register_autograd(_autograd_backward, setup_context=_setup_context)
 
 
 def dropout_add_layer_norm(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, p: float, eps: float,
-                           seed: Tensor | None = None) -> tuple[Tensor, Tensor]:
-    """`(s, LayerNorm(s))` with `s = x + dropout(y, p)` (inverted dropout, as nn.Dropout in
-    training). `seed`: int64 tensor `[1]` on x's device; by default drawn from torch's generator
-    of that device, so `torch.manual_seed` makes a run repeatable."""
+                           seed: Tensor | None = None, y_bias: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """`(s, LayerNorm(s))` with `s = x + dropout(y + y_bias, p)` (inverted dropout, as nn.Dropout in
+    training; no y_bias: `x + dropout(y)`). `seed`: int64 tensor `[1]` on x's device; by default
+    drawn from torch's generator of that device, so `torch.manual_seed` makes a run repeatable."""
     if not 0.0 <= p < 1.0:
         raise ValueError(f"dropout_add_layer_norm: p must be in [0, 1), not {p}")
     if seed is None:
@@ -423,7 +463,7 @@ def dropout_add_layer_norm(x: Tensor, y: Tensor, weight: Tensor, bias: Tensor, p
             seed = torch.randint(0, 2**31 - 1, (1,), device=x.device, dtype=torch.int64)
         else:
             seed = torch.zeros(1, device=x.device, dtype=torch.int64)
-    s, h, _, _ = _op_forward(x, y, weight, bias, seed, float(p), float(eps))
+    s, h, _, _ = _op_forward(x, y, weight, bias, y_bias, seed, float(p), float(eps))
     return s, h
 
 

@@ -9,7 +9,8 @@ from torch.utils.checkpoint import checkpoint
 
 from .configuration import VQDNAConfig
 from .feedforward import FeedForward
-from .fp8 import linear
+from . import fused_rope
+from .fp8 import linear, linear_without_bias
 from .fused_norm import dropout_add_layer_norm
 from .positions import alibi_bias, alibi_slopes, apply_rope, rope_tables
 
@@ -23,6 +24,7 @@ class SelfAttention(nn.Module):
 
     def __init__(self, config: VQDNAConfig):
         super().__init__()
+        self.config = config  # read at call time (fused_rope), like EncoderLayer
         self.num_heads = config.num_attention_heads
         self.head_dim = config.hidden_size // config.num_attention_heads
         self.dropout = config.attention_probs_dropout_prob
@@ -30,22 +32,35 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(config.hidden_size, 3 * config.hidden_size)
         self.out_proj = nn.Linear(config.hidden_size, config.hidden_size)
 
-    def forward(self, x: torch.Tensor, rope: tuple | None, attn_mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: tuple | None, attn_mask: torch.Tensor | None,
+                add_bias: bool = True) -> torch.Tensor:
+        """`add_bias=False`: out_proj's output without its bias, for a caller that adds it inside
+        the fused add+dropout+LayerNorm op."""
         B, T, H = x.shape
-        qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim)
-        # q, k, v stay in the projection's [B, T, heads, d] layout and reach SDPA as transposed
-        # views (its flash/cuDNN kernels take any stride but the last): RoPE writes q and k in
-        # one pass, no separate layout copies, and the attention output is already [B, T, H].
-        q, k, v = _rotate_qk(qkv, rope, self.rope_separate)
+        if rope is not None and getattr(self.config, "fused_rope", False) and fused_rope.applies(B, T, self.num_heads, self.head_dim):
+            # one op: qkv bias + RoPE forward, and in backward the whole qkv gradient (inverse
+            # rotation, dv) and the qkv bias gradient in one pass (vqdna.models.fused_rope)
+            qkv = linear_without_bias(self.qkv, x).view(B, T, 3, self.num_heads, self.head_dim)
+            q, k, v = fused_rope.rope_qkv(qkv, self.qkv.bias, *rope)
+        else:
+            qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim)
+            # q, k, v stay in the projection's [B, T, heads, d] layout and reach SDPA as transposed
+            # views (its flash/cuDNN kernels take any stride but the last): RoPE writes q and k in
+            # one pass, no separate layout copies, and the attention output is already [B, T, H].
+            q, k, v = _rotate_qk(qkv, rope, self.rope_separate)
         if attn_mask is not None and attn_mask.dtype != torch.bool and attn_mask.dtype != q.dtype:
             attn_mask = attn_mask.to(q.dtype)  # SDPA wants an additive bias in the query dtype
         out = F.scaled_dot_product_attention(
             q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_mask=attn_mask,
             dropout_p=self.dropout if self.training else 0.0,
         )
-        return self.out_proj(out.transpose(1, 2).reshape(B, T, H))
+        return self._project(out.transpose(1, 2).reshape(B, T, H), add_bias)
 
-    def forward_queries(self, x: torch.Tensor, select: torch.Tensor, rope: tuple | None) -> torch.Tensor:
+    def _project(self, out: torch.Tensor, add_bias: bool) -> torch.Tensor:
+        return self.out_proj(out) if add_bias else linear_without_bias(self.out_proj, out)
+
+    def forward_queries(self, x: torch.Tensor, select: torch.Tensor, rope: tuple | None,
+                        add_bias: bool = True) -> torch.Tensor:
         """Attention output at the positions `select [B, k]` only: keys and values over the whole
         sequence, queries at k positions (no padding mask; the MLM path of full windows)."""
         B, T, H = x.shape
@@ -60,7 +75,7 @@ class SelfAttention(nn.Module):
         key, value = kv.unbind(2)
         out = F.scaled_dot_product_attention(q.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
                                              dropout_p=self.dropout if self.training else 0.0)
-        return self.out_proj(out.transpose(1, 2).reshape(B, k, H))
+        return self._project(out.transpose(1, 2).reshape(B, k, H), add_bias)
 
 
 def _rotate_qk(qkv: torch.Tensor, rope: tuple | None, separate: bool = False
@@ -82,6 +97,13 @@ def _rotate_qk(qkv: torch.Tensor, rope: tuple | None, separate: bool = False
 
 
 class EncoderLayer(nn.Module):
+    # Fused path only: out_proj's and fc2's biases are added inside the add+dropout+LayerNorm op
+    # (which then sums their gradients in its backward pass) instead of in the GEMMs' epilogues,
+    # whose bias gradients were separate reductions over the [B*T, H] gradients (22 kernels,
+    # ~0.9 ms a step in session 4's profile). Same function and parameters; the bench's
+    # *_nofold variants switch it off to time the difference.
+    fold_bias = True
+
     def __init__(self, config: VQDNAConfig):
         super().__init__()
         self.pre_norm = config.norm_position == "pre"
@@ -111,38 +133,58 @@ class EncoderLayer(nn.Module):
     def fused(self) -> bool:
         return bool(getattr(self.config, "fused_dropout_norm", False))
 
-    def _add_norm(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor):
-        """`(x + dropout(y), LayerNorm(x + dropout(y)))` in one op."""
-        return dropout_add_layer_norm(x, y, weight, bias, self.dropout.p if self.training else 0.0, self.eps)
+    def _add_norm(self, x: torch.Tensor, y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor,
+                  y_bias: torch.Tensor | None = None):
+        """`(x + dropout(y + y_bias), LayerNorm(x + dropout(y + y_bias)))` in one op."""
+        return dropout_add_layer_norm(x, y, weight, bias, self.dropout.p if self.training else 0.0, self.eps,
+                                      y_bias=y_bias)
+
+    def _attention_fused(self, x, rope, attn_mask):
+        """(attention output, the bias the fused op adds to it): out_proj's bias folded or not."""
+        if self.fold_bias:
+            return self.attention(x, rope, attn_mask, add_bias=False), self.attention.out_proj.bias
+        return self.attention(x, rope, attn_mask), None
+
+    def _mlp_fused(self, h):
+        if self.fold_bias:
+            return self.mlp(h, add_bias=False), self.mlp.fc2.bias
+        return self.mlp(h), None
 
     def _forward_fused(self, x, rope, attn_mask, normed, next_norm):
         if not self.pre_norm:
-            _, x = self._add_norm(x, self.attention(x, rope, attn_mask), self.attn_norm.weight, self.attn_norm.bias)
-            _, x = self._add_norm(x, self.mlp(x), self.mlp_norm.weight, self.mlp_norm.bias)
+            attn, attn_bias = self._attention_fused(x, rope, attn_mask)
+            _, x = self._add_norm(x, attn, self.attn_norm.weight, self.attn_norm.bias, attn_bias)
+            y, y_bias = self._mlp_fused(x)
+            _, x = self._add_norm(x, y, self.mlp_norm.weight, self.mlp_norm.bias, y_bias)
             return x
         if normed is None or next_norm is None:
             raise ValueError("fused pre-LN block: the encoder passes normed and next_norm")
-        x, h = self._add_norm(x, self.attention(normed, rope, attn_mask), self.mlp_norm.weight, self.mlp_norm.bias)
-        return self._add_norm(x, self.mlp(h), *next_norm)
+        attn, attn_bias = self._attention_fused(normed, rope, attn_mask)
+        x, h = self._add_norm(x, attn, self.mlp_norm.weight, self.mlp_norm.bias, attn_bias)
+        y, y_bias = self._mlp_fused(h)
+        return self._add_norm(x, y, *next_norm, y_bias)
 
     def forward_queries(self, x: torch.Tensor, select: torch.Tensor, rope: tuple | None,
                         normed: torch.Tensor | None = None) -> torch.Tensor:
         """This block's output at `select [B, k]` only (what the MLM loss reads of the last block).
         `normed`: attn_norm(x) when the caller already has it (fused pre-LN path)."""
         x_sel = x.gather(1, select[..., None].expand(*select.shape, x.shape[-1]))
+        fold = self.fused and self.fold_bias
+        attn_bias = self.attention.out_proj.bias if fold else None
         if self.pre_norm:
             normed = self.attn_norm(x) if normed is None else normed
-            attn = self.attention.forward_queries(normed, select, rope)
+            attn = self.attention.forward_queries(normed, select, rope, add_bias=not fold)
             if self.fused:
-                y, h = self._add_norm(x_sel, attn, self.mlp_norm.weight, self.mlp_norm.bias)
+                y, h = self._add_norm(x_sel, attn, self.mlp_norm.weight, self.mlp_norm.bias, attn_bias)
             else:
                 y = x_sel + self.dropout(attn)
                 h = self.mlp_norm(y)
             return y + self.dropout(self.mlp(h))
-        attn = self.attention.forward_queries(x, select, rope)
+        attn = self.attention.forward_queries(x, select, rope, add_bias=not fold)
         if self.fused:
-            _, y = self._add_norm(x_sel, attn, self.attn_norm.weight, self.attn_norm.bias)
-            return self._add_norm(y, self.mlp(y), self.mlp_norm.weight, self.mlp_norm.bias)[1]
+            _, y = self._add_norm(x_sel, attn, self.attn_norm.weight, self.attn_norm.bias, attn_bias)
+            z, z_bias = self._mlp_fused(y)
+            return self._add_norm(y, z, self.mlp_norm.weight, self.mlp_norm.bias, z_bias)[1]
         y = self.attn_norm(x_sel + self.dropout(attn))
         return self.mlp_norm(y + self.dropout(self.mlp(y)))
 
