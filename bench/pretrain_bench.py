@@ -34,6 +34,9 @@ vqdna variants (`VARIANTS` below):
   *_cg_rope, *_cg_gelu, *_cg_rope_gelu
                        vqdna_bf16_fused_cg + RoPE / fc1 bias+GELU as fused ops
                        (pretrain.fused_rope, pretrain.fused_gelu)
+  *_nofold             the fused add+dropout+LayerNorm op without out_proj's and fc2's biases
+                       folded in (EncoderLayer.fold_bias off: session 4's fused path)
+  *_bhtd               the RoPE op writing q, k, v as [B, heads, T, d] (fused_rope.LAYOUT)
 
 Every run of one batch size trains from the same initial weights on the same batches (real
 token files with `--tokens`, else random ids), learning rate warmed up linearly then constant,
@@ -103,8 +106,11 @@ for _suffix, _kernels in (("_rope", {"fused_rope": True}), ("_gelu", {"fused_gel
     VARIANTS["vqdna_bf16_fused_cg" + _suffix + "_seed1"] = dict(VARIANTS["vqdna_bf16_fused_cg" + _suffix], dropout_seed=1)
 # keys that change what torch.compile produces: a run whose keys differ from the previous run's
 # resets dynamo's caches (compiled code is cached per function, and config is not guarded)
+VARIANTS["vqdna_bf16_fused_cg_nofold"] = dict(VARIANTS["vqdna_bf16_fused_cg"], fold_bias=False)
+VARIANTS["vqdna_bf16_fused_cg_nofold_seed1"] = dict(VARIANTS["vqdna_bf16_fused_cg_nofold"], dropout_seed=1)
+VARIANTS["vqdna_bf16_fused_cg_rope_bhtd"] = dict(VARIANTS["vqdna_bf16_fused_cg_rope"], rope_layout="bhtd")
 COMPILE_KEYS = ("compile", "fp8", "fp8_recipe", "fused", "kernels", "rope_separate", "functionalize_rng", "inductor", "compile_mode", "bf16",
-                "static", "cuda_graphs")
+                "static", "cuda_graphs", "fold_bias", "rope_layout")
 
 DEFAULT_RUNS = ("stock@256:30,vqdna_bf16@256:200,vqdna_fp8@256:200,vqdna_fp8_rowwise@256:200,"
                 "vqdna_bf16_seed1@256:200,stock@512:20")
@@ -124,6 +130,10 @@ def parse_args():
     p.add_argument("--lr", type=float, default=5e-4, help="peak learning rate (reached after --lr-warmup steps)")
     p.add_argument("--lr-warmup", type=int, default=30)
     p.add_argument("--curve-window", type=int, default=50, help="steps averaged at the end of a loss curve")
+    p.add_argument("--curve-ref", default="vqdna_bf16",
+                   help="the run every loss curve is compared with; its `_seed1` twin sets the tolerance")
+    p.add_argument("--rope-sweep", action="store_true",
+                   help="with --kernel-check on CUDA: time the RoPE op's launch shapes, use the fastest for the runs")
     p.add_argument("--profile", default="", help="VARIANT@BATCH[,...]: print the top CUDA kernels of those runs")
     p.add_argument("--profile-dir", default=None, help="write each profile's kernel table and family summary here")
     p.add_argument("--kernel-check", action="store_true",
@@ -134,6 +144,7 @@ def parse_args():
                    help="fused op launch shape for the runs, KEY=N[,KEY=N] (keys of vqdna.models.fused_norm.TILES)")
     p.add_argument("--budget-s", type=float, default=0, help="skip the remaining runs once this many seconds have passed")
     p.add_argument("--no-correctness", action="store_true", help="skip the one-step fp32 comparison")
+    p.add_argument("--no-step-check", action="store_true", help="skip the static/graph step check after the runs")
     p.add_argument("--out", default=None, help="JSON file to write (rewritten after every run)")
     return p.parse_args()
 
@@ -276,12 +287,17 @@ def run_variant(name, batch, steps, args, arch, vocab, device, batches) -> dict:
         return out.loss.detach()
 
     losses, times, prof = [], [], None
-    from vqdna.models.layers import SelfAttention
+    from vqdna.models import fused_rope
+    from vqdna.models.layers import EncoderLayer, SelfAttention
 
-    rope_default = SelfAttention.rope_separate
-    SelfAttention.rope_separate = spec.get("rope_separate", rope_default)
+    # class / module switches a variant sets for its run (read at trace time), restored after
+    switches = [(SelfAttention, "rope_separate", spec.get("rope_separate")), (EncoderLayer, "fold_bias", spec.get("fold_bias")),
+                (fused_rope, "LAYOUT", spec.get("rope_layout"))]
     with sdpa_context(spec, device), compile_config(spec), contextlib.ExitStack() as restore:
-        restore.callback(setattr, SelfAttention, "rope_separate", rope_default)
+        for owner, attr, value in switches:
+            if value is not None:
+                restore.callback(setattr, owner, attr, getattr(owner, attr))
+                setattr(owner, attr, value)
         t0 = time.perf_counter()
         for s in range(args.warmup):
             losses.append(step(s))
@@ -326,6 +342,7 @@ def compile_config(spec: dict):
 
 # Kernel families of a profile (first match wins), for the time-per-step breakdown.
 FAMILIES = (
+    ("fused qkv bias + RoPE (vqdna op)", ("_rope_fwd_kernel", "_rope_bwd_kernel")),  # before the next: same suffixes
     ("fused add+dropout+LayerNorm (vqdna op)", ("_fwd_kernel", "_bwd_kernel")),
     # attention first: cuDNN's SDPA kernels also carry "sm90" in their names
     ("attention (cuDNN / flash)", ("cudnn", "flash", "fmha", "sdpa", "attention")),
@@ -402,10 +419,12 @@ def correctness(arch, vocab, seq, device, batches) -> dict:
     g_ref = torch.cat([p.grad.flatten().double() for p in ref.parameters() if p.grad is not None])
     cuda = device.type == "cuda"
     checks = {}
-    for name, bf16_weights, fp8, fused in (("bf16_autocast", False, None, False), ("bf16_weights", True, None, False),
-                                           ("bf16_weights_fused", True, None, True),
-                                           ("fp8", True, "tensorwise", False), ("fp8_rowwise", True, "rowwise", False)):
-        fast = make_vqdna(arch, vocab, device, fused=fused).eval()
+    for name, bf16_weights, fp8, fused, kernels in (
+            ("bf16_autocast", False, None, False, {}), ("bf16_weights", True, None, False, {}),
+            ("bf16_weights_fused", True, None, True, {}),  # out_proj / fc2 biases folded (EncoderLayer.fold_bias)
+            ("bf16_weights_fused_rope", True, None, True, {"fused_rope": True}),
+            ("fp8", True, "tensorwise", False, {}), ("fp8_rowwise", True, "rowwise", False, {})):
+        fast = make_vqdna(arch, vocab, device, fused=fused, **kernels).eval()
         fast.load_state_dict(ref.state_dict())
         if bf16_weights:
             for p in fast.parameters():
@@ -554,6 +573,23 @@ def kernel_check(device, tiny: bool = False, sweep: bool = False) -> dict:
         got = run(fn, torch.bfloat16)
         res[label + "_rel_err_vs_fp32"] = {
             n: float((a.double() - r.double()).norm() / r.double().norm()) for n, a, r in zip(names, got, ref)}
+    # y's bias folded into the op (how the encoder calls it: out_proj / fc2 bias), vs adding it first
+    yb = (0.1 * torch.randn(H, generator=gen)).to(device, torch.bfloat16)
+
+    def run_yb(fn, dtype):
+        xs = [t.detach().to(dtype).requires_grad_() for t in (x, y, w, b, yb)]
+        s_, h_ = fn(*xs)
+        ((s_.float() * gs.float()).sum() + (h_.float() * gh.float()).sum()).backward()
+        return [s_, h_] + [t.grad for t in xs]
+
+    ref_yb = run_yb(lambda x_, y_, w_, b_, yb_: plain(x_, y_ + yb_, w_, b_), torch.float32)
+    for label, fn in (("fused_y_bias_bf16", lambda x_, y_, w_, b_, yb_: fused_norm.dropout_add_layer_norm(
+                          x_, y_, w_, b_, p, eps, seed=seed, y_bias=yb_)),
+                      ("plain_y_bias_bf16", lambda x_, y_, w_, b_, yb_: plain(x_, y_ + yb_, w_, b_))):
+        got = run_yb(fn, torch.bfloat16)
+        res[label + "_rel_err_vs_fp32"] = {
+            n: float((a.double() - r.double()).norm() / r.double().norm())
+            for n, a, r in zip(names + ("dy_bias",), got, ref_yb)}
     if device.type == "cuda":
         import triton.testing
 
@@ -585,6 +621,91 @@ def kernel_check(device, tiny: bool = False, sweep: bool = False) -> dict:
             res["fused_bf16_best_tiles_rel_err_vs_fp32"] = {
                 n: float((a.double() - r.double()).norm() / r.double().norm()) for n, a, r in zip(names, got, ref)}
     res["tiles"] = dict(fused_norm.TILES)
+    return res
+
+
+def rope_kernel_check(device, tiny: bool = False, sweep: bool = False) -> dict:
+    """The qkv bias + RoPE op (vqdna.models.fused_rope) against the plain composition (bias add,
+    positions.apply_rope on q and k) at the encoder's shape [B, T, 3, heads, d] in bf16: relative
+    errors of q, k, v and of the qkv and bias gradients against an fp32 reference (plain bf16
+    alongside), kernel times forward and backward against the bytes they must move, and
+    forward+backward through autograd (host dispatch included).
+    `sweep`: time a few launch shapes and install the fastest."""
+    from vqdna.models import fused_rope
+    from vqdna.models.positions import apply_rope, rope_tables
+
+    B, T, nh, d = (4, 32, 4, 16) if tiny else (256, 256, 12, 64)
+    gen = torch.Generator(device="cpu").manual_seed(5)
+    qkv = torch.randn(B, T, 3, nh, d, generator=gen).to(device, torch.bfloat16)
+    bias = (0.1 * torch.randn(3 * nh * d, generator=gen)).to(device, torch.bfloat16)
+    # incoming gradients as SDPA hands them back: [B, heads, T, d] memory, transposed views
+    grads = [torch.randn(B, nh, T, d, generator=gen).to(device, torch.bfloat16).transpose(1, 2) for _ in range(3)]
+    cos, sin = rope_tables(T, d, 10000.0, device, torch.bfloat16)
+    res = {"shape": [B, T, 3, nh, d], "layout": fused_rope.LAYOUT, "triton": fused_rope.triton_available(device)}
+
+    def plain(qkv_, bias_):
+        z = qkv_ + bias_.view(3, nh, d)
+        c, s_ = cos[:, None].to(z.dtype), sin[:, None].to(z.dtype)
+        return apply_rope(z[:, :, 0], c, s_), apply_rope(z[:, :, 1], c, s_), z[:, :, 2]
+
+    def op(qkv_, bias_):
+        return fused_rope.rope_qkv(qkv_, bias_, cos, sin)
+
+    def run(fn, dtype):
+        ins = [qkv.detach().to(dtype).requires_grad_(), bias.detach().to(dtype).requires_grad_()]
+        outs = fn(*ins)
+        torch.autograd.backward(outs, [g.to(dtype) for g in grads])
+        return list(outs) + [ins[0].grad, ins[1].grad]
+
+    ref = run(plain, torch.float32)
+    names = ("q", "k", "v", "dqkv", "dbias")
+    for label, fn in (("fused_bf16", op), ("plain_bf16", plain)):
+        got = run(fn, torch.bfloat16)
+        res[label + "_rel_err_vs_fp32"] = {
+            n: float((a.double() - r.double()).norm() / r.double().norm()) for n, a, r in zip(names, got, ref)}
+    if device.type == "cuda":
+        import triton.testing
+
+        def bench(fn):
+            return float(triton.testing.do_bench(fn, warmup=10, rep=50, return_mode="median"))
+
+        def kernels():
+            return (bench(lambda: fused_rope.triton_forward(qkv, bias, cos, sin, fused_rope.LAYOUT)),
+                    bench(lambda: fused_rope.triton_backward(*grads, cos, sin, torch.bfloat16)))
+
+        if sweep:
+            old = dict(fused_rope.TILES)
+            fwd, bwd = {}, {}
+            for rows, warps in ((1, 2), (2, 4), (4, 4), (4, 8)):
+                fused_rope.set_tiles(fwd_rows=rows, fwd_warps=warps)
+                fwd[f"{rows}x{warps}"] = bench(lambda: fused_rope.triton_forward(qkv, bias, cos, sin, fused_rope.LAYOUT))
+            for rows, warps, per_sm in ((1, 2, 8), (1, 4, 8), (2, 4, 8), (2, 4, 4), (4, 8, 4)):
+                fused_rope.set_tiles(bwd_rows=rows, bwd_warps=warps, bwd_progs_per_sm=per_sm)
+                bwd[f"{rows}x{warps}x{per_sm}"] = bench(lambda: fused_rope.triton_backward(*grads, cos, sin, torch.bfloat16))
+            fr, fw = (int(v) for v in min(fwd, key=fwd.get).split("x"))
+            br, bw, bp = (int(v) for v in min(bwd, key=bwd.get).split("x"))
+            fused_rope.set_tiles(**old)
+            fused_rope.set_tiles(fwd_rows=fr, fwd_warps=fw, bwd_rows=br, bwd_warps=bw, bwd_progs_per_sm=bp)
+            res["tile_sweep"] = {"fwd_ms": fwd, "bwd_ms": bwd}
+            got = run(op, torch.bfloat16)  # the installed tiles compute the same function
+            res["fused_bf16_best_tiles_rel_err_vs_fp32"] = {
+                n: float((a.double() - r.double()).norm() / r.double().norm()) for n, a, r in zip(names, got, ref)}
+        res["tiles"] = dict(fused_rope.TILES)
+        res["fwd_kernel_ms"], res["bwd_kernel_ms"] = kernels()
+        # each direction reads one [B, T, 3H] tensor and writes one (bf16)
+        gb = B * T * 3 * nh * d * 2 / 1e9
+        res["fwd_min_ms_at_4TBps"] = res["bwd_min_ms_at_4TBps"] = 2 * gb / 4.0
+
+        def fwd_bwd(fn):
+            ins = [qkv.detach().requires_grad_(), bias.detach().requires_grad_()]
+
+            def go():
+                torch.autograd.backward(fn(*ins), grads)
+            return go
+
+        # (the plain composition compiled by Inductor is not timed here: its kernels are in the
+        # step profiles, session 4's `pretrain_h200_s4_prof_fused_cg.txt`, ~5.4 ms a step)
+        res["fused_op_fwd_bwd_ms"] = bench(fwd_bwd(op))
     return res
 
 
@@ -633,12 +754,12 @@ def sweep_tiles(fused_norm, x, y, w, b, gs, gh, seed, p, eps) -> dict:
             "best": {"fwd_rows": fr, "fwd_warps": fw, "bwd_rows": br, "bwd_warps": bw, "bwd_progs_per_sm": bp}}
 
 
-def compare_curves(runs: list[dict], window: int) -> dict:
-    """Loss curves of runs with the same batches and init, against vqdna_bf16 at that batch:
+def compare_curves(runs: list[dict], window: int, ref_name: str = "vqdna_bf16") -> dict:
+    """Loss curves of runs with the same batches and init, against `ref_name` at that batch:
     mean loss over the last `window` steps, its difference, and the largest gap between the
     `window`-step running means anywhere along the curve."""
     out = {}
-    for ref in (r for r in runs if r["variant"] == "vqdna_bf16" and "loss_curve" in r):
+    for ref in (r for r in runs if r["variant"] == ref_name and "loss_curve" in r):
         a = np.array(ref["loss_curve"])
         for r in runs:
             if r is ref or r["batch"] != ref["batch"] or r["variant"] == "stock" or "loss_curve" not in r:
@@ -650,7 +771,7 @@ def compare_curves(runs: list[dict], window: int) -> dict:
                 continue
             kernel = np.ones(w) / w
             ra, rb = np.convolve(a[:n], kernel, "valid"), np.convolve(b[:n], kernel, "valid")
-            out[f"{r['variant']}_vs_vqdna_bf16@{ref['batch']}"] = {
+            out[f"{r['variant']}_vs_{ref_name}@{ref['batch']}"] = {
                 "steps": int(n), "window": int(w),
                 "loss_first": float(b[0]), "ref_loss_first": float(a[0]),
                 "mean_last": float(b[n - w:n].mean()), "ref_mean_last": float(a[n - w:n].mean()),
@@ -673,25 +794,27 @@ def summarise(result: dict) -> None:
         result["speedup_vs_stock"] = best_ours["tokens_per_s"] / best_stock["tokens_per_s"]
         result["speedup_vs_stock_same_batch"] = {
             f"{r['variant']}@{r['batch']}": r["tokens_per_s"] / same_batch[r["batch"]] for r in ours if r["batch"] in same_batch}
-    result["loss_curves"] = compare_curves(ok, result["curve_window"])
-    result["curve_tolerance"], result["fastest_correct"] = judge(ok, result["loss_curves"])
+    ref = result.get("curve_ref", "vqdna_bf16")
+    result["loss_curves"] = compare_curves(ok, result["curve_window"], ref)
+    result["curve_tolerance"], result["fastest_correct"] = judge(ok, result["loss_curves"], ref)
 
 
-def judge(runs: list[dict], curves: dict) -> tuple[dict, dict | None]:
-    """Which runs count as correct: vqdna_bf16 (checked against fp32 in `correctness`), and any
-    run whose loss curve ends within the tolerance of vqdna_bf16's at the same batch. Tolerance
-    (stated before the run): twice the gap that other dropout draws alone make (vqdna_bf16_seed1),
-    at least 1% of the loss. Returns the tolerances and the fastest correct vqdna run."""
+def judge(runs: list[dict], curves: dict, ref: str = "vqdna_bf16") -> tuple[dict, dict | None]:
+    """Which runs count as correct: the reference run `ref` (vqdna_bf16 by default, checked
+    against fp32 in `correctness`), and any run whose loss curve ends within the tolerance of the
+    reference's at the same batch. Tolerance (stated before the run): twice the gap that other
+    dropout draws alone make (`{ref}_seed1`), at least 1% of the loss. Returns the tolerances and
+    the fastest correct vqdna run."""
     tolerance, correct = {}, []
     for r in runs:
-        if r["variant"] == "vqdna_bf16":
-            noise = curves.get(f"vqdna_bf16_seed1_vs_vqdna_bf16@{r['batch']}")
+        if r["variant"] == ref:
+            noise = curves.get(f"{ref}_seed1_vs_{ref}@{r['batch']}")
             floor = 0.01 * statistics.fmean(r["loss_curve"][-10:])
             tolerance[r["batch"]] = max(2 * noise["abs_diff_mean_last"], floor) if noise else floor
             correct.append(r)
     for r in runs:
-        c = curves.get(f"{r['variant']}_vs_vqdna_bf16@{r['batch']}")
-        if c is not None and r["variant"] != "vqdna_bf16_seed1" and r["batch"] in tolerance:
+        c = curves.get(f"{r['variant']}_vs_{ref}@{r['batch']}")
+        if c is not None and r["variant"] != f"{ref}_seed1" and r["batch"] in tolerance:
             r["curve_within_tolerance"] = c["abs_diff_mean_last"] <= tolerance[r["batch"]]
             if r["curve_within_tolerance"]:
                 correct.append(r)
@@ -752,6 +875,7 @@ def main():
               "precision": "stock: bf16 autocast over fp32 weights; vqdna: per variant",
               "optimizer": "AdamW fused", "lr": {"peak": args.lr, "linear_warmup_steps": args.lr_warmup},
               "model_flops_per_token": flops_tok, "peak_flops": peak, "curve_window": args.curve_window,
+              "curve_ref": args.curve_ref,
               "variants": {k: v for k, v in VARIANTS.items()}, "complete": False, "runs": []}
     t0 = time.perf_counter()
     try:
@@ -770,6 +894,14 @@ def main():
         except Exception as exc:  # noqa: BLE001
             result["kernel_check"] = {"error": repr(exc)[:2000]}
         print("kernel_check:", json.dumps(result["kernel_check"]), flush=True)
+        write(result, args.out)
+        try:
+            result["rope_kernel_check"] = rope_kernel_check(device, tiny=args.tiny, sweep=args.rope_sweep)
+        except Exception as exc:  # noqa: BLE001
+            import traceback
+
+            result["rope_kernel_check"] = {"error": traceback.format_exc()[-2000:]}
+        print("rope_kernel_check:", json.dumps(result["rope_kernel_check"]), flush=True)
     print("correctness:", json.dumps(result["correctness"]), f"({time.perf_counter() - t0:.0f} s)", flush=True)
     write(result, args.out)
     previous_compile = None
@@ -796,7 +928,7 @@ def main():
         print(json.dumps({k: v for k, v in r.items() if k != "loss_curve"}), flush=True)
         summarise(result)
         write(result, args.out)
-    if not args.no_correctness:  # after the runs: a failed graph capture must not cost them
+    if not (args.no_correctness or args.no_step_check):  # after the runs: a failed graph capture must not cost them
         try:
             result["correctness"]["step_check"] = step_check(arch, vocab, device, batches_for(runs[0][1]))
         except Exception as exc:  # noqa: BLE001
