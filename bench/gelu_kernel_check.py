@@ -4,8 +4,10 @@ generates for the same work, and against float64. Writes $OUT/gelu_kernel_check.
 
   kernels   ours: forward (h0, b -> a) and backward (da, h0, b -> dh0, db); Inductor: the forward
             of the training graph (h already holds the bias, cuBLAS epilogue: GELU(h)) and of
-            F.gelu(h0 + b), and the backward the training graph runs (GELU(h) recomputed for fc2's
-            weight gradient, dh = da * GELU'(h), db = column sums of dh)
+            F.gelu(h0 + b), the backward the training graph runs (GELU(h) recomputed for fc2's
+            weight gradient, dh = da * GELU'(h), db = column sums of dh) and the same without the
+            recompute; controls: our kernels' layout with the erf/exp arithmetic left out (a = h0 + b;
+            dh0 = da * (h0 + b)), the memory-traffic time of the same bytes
   sweep     every launch shape of FWD_TILES / BWD_TILES (time, error); the defaults kept unless --install
   errors    ours and Inductor's bf16 results against float64 (relative 2-norm, max |err| / max |ref|)
   mlp       fc1 -> GELU -> fc2 fwd+bwd at x [65536 x 768] bf16 through torch.compile, fused_gelu on
@@ -35,6 +37,8 @@ except Exception as exc:  # noqa: BLE001 - the package may be mid-edit by others
         fg = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(fg)
 
+import triton
+import triton.language as tl
 from triton.testing import do_bench
 
 OUT = os.environ.get("OUT", "/tmp/out")
@@ -47,6 +51,59 @@ FWD_TILES = [(16, 256, 4), (8, 512, 4), (16, 512, 8), (32, 256, 8), (4, 1024, 4)
 BWD_TILES = [(16, 256, 4, 256), (16, 256, 4, 128), (16, 256, 4, 512), (8, 512, 4, 256), (16, 512, 8, 256),
              (32, 256, 8, 256), (8, 256, 2, 128), (32, 128, 4, 256), (16, 256, 8, 256), (16, 256, 4, 16),
              (4, 1024, 4, 128)]
+
+
+
+# controls: the op's kernels with the GELU arithmetic taken out (same loads, stores, layout and
+# partial sums), to tell the memory-traffic time from the erf/exp arithmetic's
+@triton.jit
+def _fwd_control(h_ptr, b_ptr, a_ptr, n_rows, n_cols, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    b = tl.load(b_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+    m = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+    offs = rows[:, None] * n_cols + cols[None, :]
+    z = tl.load(h_ptr + offs, mask=m, other=0.0).to(tl.float32) + b[None, :]
+    tl.store(a_ptr + offs, z.to(a_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _bwd_control(da_ptr, h_ptr, b_ptr, dh_ptr, db_ptr, n_rows, n_cols,
+                 BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ITERS: tl.constexpr):
+    stripe = tl.program_id(0)
+    cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+    b = tl.load(b_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for i in range(ITERS):
+        rows = (stripe * ITERS + i) * BLOCK_M + tl.arange(0, BLOCK_M)
+        m = (rows < n_rows)[:, None] & (cols < n_cols)[None, :]
+        offs = rows[:, None] * n_cols + cols[None, :]
+        z = tl.load(h_ptr + offs, mask=m, other=0.0).to(tl.float32) + b[None, :]
+        dz = tl.load(da_ptr + offs, mask=m, other=0.0).to(tl.float32) * z
+        tl.store(dh_ptr + offs, dz.to(dh_ptr.dtype.element_ty), mask=m)
+        acc += dz
+    tl.store(db_ptr + stripe * n_cols + cols, tl.sum(acc, axis=0), mask=cols < n_cols)
+
+
+def control_forward(h0, b):
+    T = fg.TILES
+    a = torch.empty_like(h0)
+    bn = min(T["fwd_cols"], triton.next_power_of_2(H))
+    _fwd_control[(triton.cdiv(N, T["fwd_rows"]), triton.cdiv(H, bn))](
+        h0, b, a, N, H, BLOCK_M=T["fwd_rows"], BLOCK_N=bn, num_warps=T["fwd_warps"])
+    return a
+
+
+def control_backward(da, h0, b):
+    T = fg.TILES
+    bm, bn = T["bwd_rows"], min(T["bwd_cols"], triton.next_power_of_2(H))
+    iters, stripes = fg._backward_grid(N, bm)
+    dh = torch.empty_like(h0)
+    part = torch.empty((stripes, H), device=h0.device, dtype=torch.float32)
+    _bwd_control[(stripes, triton.cdiv(H, bn))](da, h0, b, dh, part, N, H, BLOCK_M=bm, BLOCK_N=bn, ITERS=iters,
+                                                num_warps=T["bwd_warps"])
+    return dh, part.sum(0)
+
 
 res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__, "shape": [N, H], "dtype": "bf16"}
 
@@ -68,7 +125,6 @@ def errs(x, ref):
 
 
 def main(quick: bool):
-    import triton
     res["triton"] = triton.__version__
     g = torch.Generator(device="cuda").manual_seed(0)
     # pre-activations of about fc1's spread (std ~1.5 around a bias of std 0.5)
@@ -87,12 +143,20 @@ def main(quick: bool):
         dt = torch.ops.aten.gelu_backward(d, t)
         return a, dt, dt.float().sum(0).to(t.dtype)
     ind_bwd = torch.compile(train_bwd, dynamic=False)
+
+    def keep_a_bwd(d, t):  # the same when the partitioner keeps GELU(h) instead of recomputing it
+        dt = torch.ops.aten.gelu_backward(d, t)
+        return dt, dt.float().sum(0).to(t.dtype)
+    ind_bwd_keep = torch.compile(keep_a_bwd, dynamic=False)
     t = {}
     t["inductor_fwd_gelu_h_ms"] = ms(lambda: ind_fwd(h))
     t["inductor_fwd_gelu_h0_plus_b_ms"] = ms(lambda: ind_fwd_bias(h0, b))
     t["inductor_bwd_recompute_a_dh_db_ms"] = ms(lambda: ind_bwd(da, h))
     t["ours_fwd_ms"] = ms(lambda: fg.triton_forward(h0, b))
     t["ours_bwd_ms"] = ms(lambda: fg.triton_backward(da, h0, b))
+    t["inductor_bwd_dh_db_no_recompute_ms"] = ms(lambda: ind_bwd_keep(da, h))
+    t["control_fwd_no_gelu_ms"] = ms(lambda: control_forward(h0, b))
+    t["control_bwd_no_gelu_ms"] = ms(lambda: control_backward(da, h0, b))
     t["floor_fwd_ms_at_4tbps"] = fwd_bytes / 4e12 * 1e3
     t["floor_bwd_ms_at_4tbps"] = bwd_bytes / 4e12 * 1e3
     for k in ("ours_fwd", "inductor_fwd_gelu_h"):

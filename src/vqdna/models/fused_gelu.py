@@ -108,12 +108,15 @@ if triton is not None:
 
 
 # Launch shape. fwd/bwd rows x cols a block and warps; bwd_rows_per_stripe: rows a backward
-# program walks (ITERS = bwd_rows_per_stripe / bwd_rows, fewer for small inputs). Defaults:
-# 16 x 256 bf16 = 8 KB a block and tensor, 4 warps (one 16-byte vector per thread and row of 256
-# lanes), 256-row stripes (65536 rows: 256 x 12 programs, a 3 MB partial-sum matrix).
-# bench/gelu_kernel_check.py times a grid of these; `set_tiles` installs another.
-TILES = {"fwd_rows": 16, "fwd_cols": 256, "fwd_warps": 4,
-         "bwd_rows": 16, "bwd_cols": 256, "bwd_warps": 4, "bwd_rows_per_stripe": 256}
+# program walks (ITERS = bwd_rows_per_stripe / bwd_rows, fewer for small inputs). Defaults: the
+# fastest of bench/gelu_kernel_check.py's sweep on an H200 at [65536 x 3072] bf16 (session 5,
+# one do_bench each): forward 4 x 1024, 4 warps, 0.279 ms (16 x 256: 0.289; the nine shapes
+# 0.28-0.41 ms); backward 16 x 256, 8 warps, 256-row stripes, 0.455 ms (4 warps: 0.467; 128- or
+# 512-row stripes: 0.52-0.54). Flat across layouts at ~2.7-2.8 TB/s, as Inductor's own GELU
+# kernels: the erf (and exp) arithmetic, not the layout, looks like the limit (not profiled).
+# `set_tiles` installs another shape.
+TILES = {"fwd_rows": 4, "fwd_cols": 1024, "fwd_warps": 4,
+         "bwd_rows": 16, "bwd_cols": 256, "bwd_warps": 8, "bwd_rows_per_stripe": 256}
 
 
 def set_tiles(**tiles) -> dict:
