@@ -10,7 +10,7 @@ import torch
 from vqdna.models import VQDNAConfig, VQDNAForMaskedLM
 from vqdna.models.masking import mask_tokens, targets_per_row
 from vqdna.models.optim import MasterWeightAdamW
-from vqdna.models.train_step import TrainStep
+from vqdna.models.train_step import StepSnapshot, TrainStep
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
 
@@ -147,7 +147,7 @@ def test_cuda_graphs_needs_static_shapes_and_cuda():
 @pytest.mark.parametrize("accum", [1, 2])
 def test_graphed_step_equals_eager_step_on_cuda(accum):
     """Eval mode (no dropout: the graph draws another stream by design): 6 steps eager and as a
-    graph (2 warm-up steps, capture, replays) give the same losses and weights."""
+    graph (2 throwaway warm-up steps, capture, 6 replays) give the same losses and weights."""
     cfg = VQDNAConfig(levels=1, vocab_sizes=[20], **TINY)
     data = [[tuple(t.cuda() if t is not None else None for t in batch(cfg, seed=10 * s + m)) for m in range(accum)]
             for s in range(6)]
@@ -164,3 +164,76 @@ def test_graphed_step_equals_eager_step_on_cuda(accum):
     assert results[0][0] == results[1][0]
     for a, b in zip(results[0][1], results[1][1]):
         assert torch.equal(a, b)
+
+
+def optimizer_tensors(opt) -> list[torch.Tensor]:
+    """Every tensor of an optimizer's state_dict (masters, steps, moments), in a fixed order."""
+    out = []
+
+    def walk(x):
+        if isinstance(x, torch.Tensor):
+            out.append(x)
+        elif isinstance(x, dict):
+            for k in sorted(x, key=str):
+                walk(x[k])
+        elif isinstance(x, (list, tuple)):
+            for v in x:
+                walk(v)
+
+    walk(opt.state_dict())
+    return out
+
+
+@pytest.mark.parametrize("master", [False, True])
+def test_snapshot_undoes_steps_exactly(master):
+    """StepSnapshot, what the graphed step's throwaway warm-up rests on: steps taken after a
+    snapshot are undone exactly, from a fresh optimizer (its lazily created state reset to AdamW's
+    zeros) and midway, so a run with such detours equals the run without them (dropout on)."""
+    cfg = VQDNAConfig(levels=1, vocab_sizes=[20], hidden_dropout_prob=0.1, **TINY)
+    data = [[batch(cfg, seed=10 * s + m) for m in range(2)] for s in range(4)]
+    other = [batch(cfg, seed=999 + m) for m in range(2)]
+    K = targets_per_row(23, 0.25)
+
+    def fresh():
+        torch.manual_seed(0)
+        model = VQDNAForMaskedLM(cfg).train()
+        params = [{"params": list(model.parameters()), "weight_decay": 0.01}]
+        opt = (MasterWeightAdamW if master else torch.optim.AdamW)(params, lr=1e-3, betas=(0.9, 0.98))
+        return model, opt, TrainStep(model, opt, accum=2, grad_clip=0.5, master_weights=master, targets_per_row=K)
+
+    def train(step, steps):
+        for s in steps:
+            step(data[s], 1e-3, [100 + s, 200 + s])
+
+    def detour(model, opt, step):
+        snap = StepSnapshot(model, opt)
+        before = [p.detach().clone() for p in model.parameters()]
+        for s in range(3):
+            step(other, 2e-3, [7 + s, 8 + s])
+        assert not all(torch.equal(a, p) for a, p in zip(before, model.parameters()))  # it did move
+        snap.restore()
+
+    model_a, opt_a, step_a = fresh()
+    train(step_a, range(4))
+    model_b, opt_b, step_b = fresh()
+    detour(model_b, opt_b, step_b)  # fresh: no optimizer state before, AdamW's after
+    train(step_b, range(2))
+    detour(model_b, opt_b, step_b)  # midway
+    train(step_b, range(2, 4))
+    for (name, a), b in zip(model_a.named_parameters(), model_b.parameters()):
+        assert torch.equal(a, b), name
+    ta, tb = optimizer_tensors(opt_a), optimizer_tensors(opt_b)
+    assert len(ta) == len(tb) > 0
+    for a, b in zip(ta, tb):
+        assert torch.equal(a, b)
+
+
+def test_snapshot_refuses_state_it_cannot_reset():
+    cfg = VQDNAConfig(levels=1, vocab_sizes=[20], **TINY)
+    model = VQDNAForMaskedLM(cfg)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)  # lazily creates momentum buffers
+    snap = StepSnapshot(model, opt)
+    step = TrainStep(model, opt, targets_per_row=targets_per_row(23, 0.25))
+    step([batch(cfg)], 0.1, [0])
+    with pytest.raises(RuntimeError, match="momentum_buffer"):
+        snap.restore()

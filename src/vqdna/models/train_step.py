@@ -10,17 +10,26 @@ masked-LM path provides through `targets_per_row` (a fixed number of scored posi
 learning rate in a device tensor. Inputs are copied into static buffers before each replay.
 
 Dropout under a graph: each replay draws from torch's CUDA generator, reseeded by the caller
-before the step (one seed a step, `dropout_seeds[0]`; the eager path seeds every micro-batch),
-so a run is repeatable; the graph's stream differs from the eager one (same distribution, other
-draws), as any change of kernel order would. A process runs its first `warmup_steps` steps eagerly
-(seeded per micro-batch) before capturing, so a job resumed at step N draws eager dropout for steps
-N..N+2 where the uninterrupted run replayed the graph: resume with graphs is exact in weights,
-optimizer state and data order, not in those steps' dropout draws (the eager path is exact).
+before the step (one seed a step, `dropout_seeds[0]`), so a run is repeatable. The eager path
+seeds every micro-batch, so from a step's second micro-batch on the two draw differently (same
+distribution); the first micro-batch's draws match (on an H200 its loss was bitwise the eager one's).
+
+Resume with graphs is exact as far as the kernels are repeatable, as for the eager step: every
+step a caller asks for is a replay. The eager steps that compile the model and create the
+optimizer state before the capture (`warmup_steps`, at the first call of a process, on that
+call's batches) are thrown away - `StepSnapshot` copies the weights, masters and optimizer state
+before them and puts them back after - so step N is the same replay with the same seed whether
+the process started at step 0 or resumed at N. (With the warm-up steps as real steps, a job
+resumed at N ran N..N+2 eagerly where the uninterrupted run replayed the graph, and drew other
+dropout there.) On CUDA, repeatable kernels need torch's deterministic algorithms: without them
+two uninterrupted runs already differ, eager or graphed (tests/test_pretrain_graph_resume.py).
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import itertools
 from collections.abc import Callable, Sequence
 
 import torch
@@ -34,8 +43,9 @@ class TrainStep:
                  warmup_steps: int = 3, no_sync: Callable | None = None, train_model=None):
         """`optimizer`: torch AdamW or `MasterWeightAdamW` (`master_weights=True`: clipping on its
         fp32 masters). `train_model`: what the forward runs (a DDP wrapper), default `model`.
-        `cuda_graphs`: eager for the first `warmup_steps` steps (on a side stream: compilation,
-        lazy optimizer state, library workspaces), captured on the next, replayed after."""
+        `cuda_graphs`: at the first call, `warmup_steps` eager steps on a side stream
+        (compilation, lazy optimizer state, library workspaces) whose updates are then undone,
+        the capture, and from then on (that call included) every step is a replay."""
         self.model = model
         self.train_model = train_model if train_model is not None else model
         self.optimizer = optimizer
@@ -74,19 +84,15 @@ class TrainStep:
             raise ValueError(f"expected {self.accum} micro-batches, got {len(batches)}")
         if not self.cuda_graphs:
             self._set_lr(lr)
-            return self._eager(batches, dropout_seeds)
+            outs = self._eager(batches, dropout_seeds)
+            self.steps_done += 1
+            return outs
         for masked, attention_mask, _labels in batches:
             if attention_mask is not None:
                 raise ValueError("cuda_graphs: every micro-batch must be a full window (no attention mask)")
         self._lr.fill_(lr)
-        if self.graph is None and self.steps_done < self.warmup_steps:
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                outs = self._eager(batches, dropout_seeds)
-            torch.cuda.current_stream().wait_stream(side)
-            return outs
         if self.graph is None:
+            self._warm_up(batches, dropout_seeds)
             self._capture(batches)
         for (masked, _, labels), (s_masked, s_labels) in zip(batches, self._static_in):
             s_masked.copy_(masked, non_blocking=True)
@@ -128,8 +134,20 @@ class TrainStep:
             with sync:
                 outs.append(self._forward_backward(masked, attention_mask, labels))
         self._optimizer_step()
-        self.steps_done += 1
         return outs
+
+    def _warm_up(self, batches, dropout_seeds) -> None:
+        """`warmup_steps` eager steps on a side stream (what capture needs done beforehand:
+        compilation and autotuning, the optimizer's lazily created state, cuBLAS workspaces),
+        then the weights and optimizer state as they were before them."""
+        snapshot = StepSnapshot(self.model, self.optimizer)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(self.warmup_steps):
+                self._eager(batches, dropout_seeds)
+        torch.cuda.current_stream().wait_stream(side)
+        snapshot.restore()
 
     def _capture(self, batches) -> None:
         """Record the whole step into one graph over static input buffers. Gradients are None at
@@ -144,3 +162,48 @@ class TrainStep:
             self._optimizer_step()
         self.graph = graph
         self._static_out = outs
+
+
+class StepSnapshot:
+    """A copy of every tensor an optimizer step writes - the model's parameters and buffers,
+    `MasterWeightAdamW`'s fp32 masters, the optimizer state - that `restore()` writes back in
+    place (the tensors keep their identity, as a graph captured later needs). Optimizer state
+    created after the snapshot (AdamW creates a parameter's step count and moments at its first
+    step) is set to what AdamW creates, zeros, so the next step is exactly a first step."""
+
+    # AdamW's lazily created state: all zeros when created (torch.optim.Adam._init_group)
+    FRESH_ZERO_STATE = frozenset({"step", "exp_avg", "exp_avg_sq", "max_exp_avg_sq"})
+
+    def __init__(self, model, optimizer):
+        self._tensors = []
+        seen = set()
+        for t in itertools.chain(model.parameters(), model.buffers(), getattr(optimizer, "masters", ())):
+            if id(t) not in seen:
+                seen.add(id(t))
+                self._tensors.append((t, t.detach().clone()))
+        self._optimizer = getattr(optimizer, "optimizer", optimizer)  # the torch optimizer inside MasterWeightAdamW
+        self._state = {p: {k: v.detach().clone() if isinstance(v, torch.Tensor) else copy.deepcopy(v)
+                           for k, v in state.items()}
+                       for p, state in self._optimizer.state.items()}
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for t, saved in self._tensors:
+            t.copy_(saved)
+        for p, state in self._optimizer.state.items():
+            saved = self._state.get(p)
+            if saved is None:
+                unknown = set(state) - self.FRESH_ZERO_STATE
+                if unknown or not all(isinstance(v, torch.Tensor) for v in state.values()):
+                    raise RuntimeError(f"cannot reset optimizer state {sorted(state)} to its initial value "
+                                       f"(known: AdamW's {sorted(self.FRESH_ZERO_STATE)})")
+                for v in state.values():
+                    v.zero_()
+                continue
+            if set(saved) != set(state):
+                raise RuntimeError(f"optimizer state keys changed: {sorted(saved)} -> {sorted(state)}")
+            for k, v in saved.items():
+                if isinstance(v, torch.Tensor) and isinstance(state[k], torch.Tensor):
+                    state[k].copy_(v)
+                else:
+                    state[k] = v
