@@ -33,8 +33,11 @@ if triton is not None:
 # memory order of the q, k, v outputs (see the module docstring)
 LAYOUT = "bthd"
 # launch shapes: rows (tokens) a program / a loop iteration, warps, persistent backward programs
-# per multiprocessor; the bench's --kernel-check sweeps a few and installs the fastest
-TILES = {"fwd_rows": 2, "fwd_warps": 4, "bwd_rows": 1, "bwd_warps": 2, "bwd_progs_per_sm": 8}
+# per multiprocessor. Defaults: the fastest of the bench's --rope-sweep on an H200 at
+# [256, 256, 3, 12, 64] bf16 (session 5): forward 2x4 151 us (1x2 154, 4x4 160, 4x8 173; the
+# traffic floor at 4 TB/s is 151 us), backward 2x4x4 214 us (2x4x8 216, 4x8x4 221, 1x2x8 243,
+# 1x4x8 319)
+TILES = {"fwd_rows": 2, "fwd_warps": 4, "bwd_rows": 2, "bwd_warps": 4, "bwd_progs_per_sm": 4}
 
 
 def set_tiles(**tiles) -> dict:
