@@ -276,9 +276,17 @@ def test_triton_kernels_under_the_cpu_interpreter():
         from vqdna.models import fused_norm as fn
         # one chunk (H <= 128 lanes for fp32), three chunks of 128, three of 256 (H > 4 x 128), with
         # the default launch shape and others (several rows per program / per warp, loop stages)
+        from vqdna.models import partial_sums as ps
+        # the last two: one row over 4 warps with a register cap, and the partial sums finished
+        # by the Triton kernel (the session-5 sweep's candidates)
         cases = [(13, 96, 0.2, {}), (13, 300, 0.2, dict(fwd_rows=2, fwd_warps=2, bwd_rows=2, bwd_warps=1)),
-                 (9, 520, 0.3, dict(fwd_rows=4, fwd_warps=4, bwd_rows=4, bwd_warps=4, bwd_progs_per_sm=1))]
+                 (9, 520, 0.3, dict(fwd_rows=4, fwd_warps=4, bwd_rows=4, bwd_warps=4, bwd_progs_per_sm=1)),
+                 (21, 300, 0.2, dict(fwd_rows=1, fwd_warps=1, bwd_rows=1, bwd_warps=4, bwd_progs_per_sm=3,
+                                     bwd_maxnreg=128, finish="triton")),
+                 (13, 96, 0.2, dict(bwd_rows=1, bwd_warps=1, bwd_progs_per_sm=16, bwd_maxnreg=0, finish="triton"))]
         for N, H, p, tiles in cases:
+            tiles = dict(tiles)
+            ps.set_mode(tiles.pop("finish", "torch"))
             fn.set_tiles(**tiles)
             x, y, gh, gs = (torch.randn(N, H) for _ in range(4))
             w, b = torch.randn(H), torch.randn(H)

@@ -23,6 +23,8 @@ import math
 import torch
 from torch import Tensor
 
+from . import partial_sums
+
 try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs take the reference path
     import triton
     import triton.language as tl
@@ -169,7 +171,7 @@ def triton_backward(da: Tensor, h0: Tensor, bias: Tensor) -> tuple[Tensor, Tenso
     _bwd_kernel[(stripes, triton.cdiv(H, bn))](
         da2, h2, bias.contiguous(), dh, db_part, N, H,
         BLOCK_M=bm, BLOCK_N=bn, ITERS=iters, BIG=big, num_warps=TILES["bwd_warps"])
-    return dh.view(h0.shape), db_part.sum(0).to(bias.dtype)
+    return dh.view(h0.shape), partial_sums.column_sums(db_part.view(stripes, 1, H), (bias.dtype,))[0]
 
 
 # ---- custom ops: dispatch, fake tensors, autograd ---------------------------------------------

@@ -25,6 +25,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import partial_sums
+
 try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs take the reference path
     import triton
     import triton.language as tl
@@ -207,7 +209,7 @@ if triton is not None:
     @triton.jit
     def _bwd_kernel(dh_ptr, ds_ptr, s_ptr, w_ptr, mean_ptr, rstd_ptr, seed_ptr,
                     dx_ptr, dy_ptr, dw_ptr, db_ptr, dyb_ptr,
-                    n_rows, n_cols, rows_per_prog, p, scale,
+                    n_rows, n_cols, rows_per_prog, part_stride, p, scale,
                     BLOCK_M: tl.constexpr, Q: tl.constexpr, NCHUNK: tl.constexpr,
                     HAS_DROPOUT: tl.constexpr, HAS_DS: tl.constexpr, ROUNDS: tl.constexpr, HAS_YB: tl.constexpr):
         # a persistent program walks a stripe of rows, BLOCK_M at a time; its weight/bias-gradient
@@ -280,7 +282,7 @@ if triton is not None:
                     dyb3 += gy3
                 dw3 += h3 * x3
                 db3 += h3
-        base = pid * n_cols
+        base = pid * part_stride  # the program's row of the [programs, K, H] partial-sum buffer
         if HAS_YB:
             tl.store(dyb_ptr + base + lanes, tl.sum(dyb0, axis=0), mask=lanes < n_cols)
             if NCHUNK > 1:
@@ -311,7 +313,18 @@ if triton is not None:
 TILES = {"fwd_rows": 1, "fwd_warps": 1, "bwd_rows": 1, "bwd_warps": 1, "bwd_progs_per_sm": 16,
          # Philox rounds (10 = curand's and Triton's default); the bench times 7 (the fewest
          # Random123 reports as crush-resistant) only to see whether the generator bounds the kernels
-         "philox_rounds": 10}
+         "philox_rounds": 10,
+         # register cap of the backward kernel (ptxas .maxnreg; 0 = the compiler's choice). Why a
+         # knob: at one warp a row the backward kernel takes 254 registers a thread (sm_90, H = 768,
+         # with the folded y bias, 112 bytes spilled: ptxas via cuobjdump -res-usage), so at most 8
+         # of its warps fit on a multiprocessor and 16 programs per SM run as two waves; a cap
+         # trades spills for resident warps, one warp per row over more warps trades shuffles for
+         # cross-warp sums (1 x 4 warps: 72 registers). The bench's sweep decides.
+         "bwd_maxnreg": 0}
+
+
+# the compiled backward kernel of the last call (its n_regs / n_spills, for the bench's sweep)
+LAST_BWD_KERNEL: dict = {}
 
 
 def set_tiles(**tiles) -> dict:
@@ -382,20 +395,23 @@ def triton_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype, y_
     n_prog = max(1, min(triton.cdiv(N, block_m), TILES["bwd_progs_per_sm"] * sms))
     rows_per_prog = triton.cdiv(triton.cdiv(N, n_prog), block_m) * block_m
     n_prog = triton.cdiv(N, rows_per_prog)
-    dw_part = torch.empty((n_prog, H), device=s.device, dtype=torch.float32)
-    db_part = torch.empty_like(dw_part)
     has_yb = y_bias_dtype is not None
-    dyb_part = torch.empty_like(dw_part) if has_yb else db_part  # db_part: a valid pointer, never written
-    _bwd_kernel[(n_prog,)](
+    # the weight, bias (and y-bias) gradient partials side by side, one row per program: one
+    # finishing reduction for all of them (partial_sums), not one per gradient
+    part = torch.empty((n_prog, 3 if has_yb else 2, H), device=s.device, dtype=torch.float32)
+    dw_part, db_part = part[:, 0], part[:, 1]
+    dyb_part = part[:, 2] if has_yb else db_part  # db_part: a valid pointer, never written
+    maxnreg = TILES["bwd_maxnreg"]
+    LAST_BWD_KERNEL["kernel"] = _bwd_kernel[(n_prog,)](
         dh2, ds2, s2, weight.contiguous(), mean.reshape(-1), rstd.reshape(-1), seed, dx, dy, dw_part, db_part,
-        dyb_part, N, H, rows_per_prog, p, 1.0 / (1.0 - p) if p < 1 else 0.0,
+        dyb_part, N, H, rows_per_prog, part.stride(0), p, 1.0 / (1.0 - p) if p < 1 else 0.0,
         BLOCK_M=block_m, Q=q, NCHUNK=nchunk, HAS_DROPOUT=p > 0, HAS_DS=ds is not None,
-        ROUNDS=TILES["philox_rounds"], HAS_YB=has_yb, num_warps=TILES["bwd_warps"])
-    # separate sums: a custom op's outputs must not alias each other (views of one [2, H] or
-    # [3, H] sum would; the op's aliasing check rejects them)
-    dyb = dyb_part.sum(0).to(y_bias_dtype) if has_yb else dx.new_empty(0, dtype=weight.dtype)
-    return (dx.view(s.shape), dy.view(s.shape), dw_part.sum(0).to(weight.dtype), db_part.sum(0).to(weight.dtype),
-            dyb)
+        ROUNDS=TILES["philox_rounds"], HAS_YB=has_yb, num_warps=TILES["bwd_warps"],
+        **({"maxnreg": maxnreg} if maxnreg else {}))
+    # separate tensors: a custom op's outputs must not alias each other
+    sums = partial_sums.column_sums(part, (weight.dtype, weight.dtype) + ((y_bias_dtype,) if has_yb else ()))
+    dyb = sums[2] if has_yb else dx.new_empty(0, dtype=weight.dtype)
+    return dx.view(s.shape), dy.view(s.shape), sums[0], sums[1], dyb
 
 
 # ---- custom ops: dispatch, fake tensors, autograd ---------------------------------------------

@@ -25,6 +25,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import partial_sums
 from .fused_norm import MAX_ELEMENTS, triton, triton_available
 
 if triton is not None:
@@ -268,7 +269,7 @@ def triton_backward(dq: Tensor, dk: Tensor, dv: Tensor, cos: Tensor, sin: Tensor
         dq.stride(0), dq.stride(1), dq.stride(2), dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
         NH=nh, D=d, NHP=nhp, HALFP=halfp, HALF=d // 2, BLOCK_R=block_r, HAS_BIAS=has_bias, num_warps=TILES["bwd_warps"])
-    dbias = part.sum(0).to(bias_dtype) if has_bias else dqkv.new_empty(0)
+    dbias = partial_sums.column_sums(part.view(n_prog, 1, -1), (bias_dtype,))[0] if has_bias else dqkv.new_empty(0)
     return dqkv, dbias
 
 
