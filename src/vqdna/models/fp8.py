@@ -188,9 +188,19 @@ def linear(module: nn.Linear, x: torch.Tensor, rows: slice) -> torch.Tensor:
     return F.linear(x, w, b)
 
 
+def bias_foldable(module: nn.Module) -> bool:
+    """Whether a fused op may take `module`'s bias and its product without it: only a plain
+    linear layer (or its float8 form). A wrapper around one - peft's LoRA layers above all - adds
+    its own terms in `forward`, which a product of `module.weight` alone would silently drop."""
+    return type(module) in (nn.Linear, Float8Linear) and module.bias is not None
+
+
 def linear_without_bias(module: nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """`module`'s product without its bias (float8 where the module is), for a caller that adds
-    the bias inside a fused op."""
+    the bias inside a fused op. Only for `bias_foldable` modules."""
+    if not bias_foldable(module):
+        raise TypeError(f"{type(module).__name__} is not a plain linear layer with a bias: its product without "
+                        "the bias is not module.weight @ x (check bias_foldable first)")
     if isinstance(module, Float8Linear):
         return fp8_linear(x, module.weight, None, module.fp8_recipe)
     return F.linear(x, module.weight)
