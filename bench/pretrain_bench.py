@@ -37,6 +37,8 @@ vqdna variants (`VARIANTS` below):
   *_nofold             the fused add+dropout+LayerNorm op without out_proj's and fc2's biases
                        folded in (EncoderLayer.fold_bias off: session 4's fused path)
   *_bhtd               the RoPE op writing q, k, v as [B, heads, T, d] (fused_rope.LAYOUT)
+  *_s5ktiles           the fused norm op with session 5 helper K's launch shapes and torch's
+                       partial-sum finish, whatever the tile sweep installed for the other runs
 
 Every run of one batch size trains from the same initial weights on the same batches (real
 token files with `--tokens`, else random ids), learning rate warmed up linearly then constant,
@@ -109,6 +111,13 @@ for _suffix, _kernels in (("_rope", {"fused_rope": True}), ("_gelu", {"fused_gel
 VARIANTS["vqdna_bf16_fused_cg_nofold"] = dict(VARIANTS["vqdna_bf16_fused_cg"], fold_bias=False)
 VARIANTS["vqdna_bf16_fused_cg_nofold_seed1"] = dict(VARIANTS["vqdna_bf16_fused_cg_nofold"], dropout_seed=1)
 VARIANTS["vqdna_bf16_fused_cg_rope_bhtd"] = dict(VARIANTS["vqdna_bf16_fused_cg_rope"], rope_layout="bhtd")
+VARIANTS["vqdna_bf16_fused_cg_rope_gelu_bhtd"] = dict(VARIANTS["vqdna_bf16_fused_cg_rope_gelu"], rope_layout="bhtd")
+# session 5 helper K's launch shapes of the fused norm op (the module defaults when this file was
+# written) with the partial sums finished by torch, whatever --tile-sweep installed: the A/B of the sweep
+S5K_NORM_TILES = {"fwd_rows": 1, "fwd_warps": 1, "bwd_rows": 1, "bwd_warps": 1, "bwd_progs_per_sm": 16,
+                  "philox_rounds": 10, "bwd_maxnreg": 0}
+VARIANTS["vqdna_bf16_fused_cg_rope_s5ktiles"] = dict(VARIANTS["vqdna_bf16_fused_cg_rope"], norm_tiles=S5K_NORM_TILES,
+                                                     partial_sums="torch")
 COMPILE_KEYS = ("compile", "fp8", "fp8_recipe", "fused", "kernels", "rope_separate", "functionalize_rng", "inductor", "compile_mode", "bf16",
                 "static", "cuda_graphs", "fold_bias", "rope_layout")
 
@@ -298,6 +307,14 @@ def run_variant(name, batch, steps, args, arch, vocab, device, batches) -> dict:
             if value is not None:
                 restore.callback(setattr, owner, attr, getattr(owner, attr))
                 setattr(owner, attr, value)
+        if spec.get("norm_tiles"):  # launch shapes are read when the op runs (graph capture included)
+            from vqdna.models import fused_norm
+
+            restore.callback(fused_norm.set_tiles, **fused_norm.set_tiles(**spec["norm_tiles"]))
+        if spec.get("partial_sums"):
+            from vqdna.models import partial_sums
+
+            restore.callback(partial_sums.set_mode, partial_sums.set_mode(spec["partial_sums"]))
         t0 = time.perf_counter()
         for s in range(args.warmup):
             losses.append(step(s))
@@ -343,6 +360,8 @@ def compile_config(spec: dict):
 # Kernel families of a profile (first match wins), for the time-per-step breakdown.
 FAMILIES = (
     ("fused qkv bias + RoPE (vqdna op)", ("_rope_fwd_kernel", "_rope_bwd_kernel")),  # before the next: same suffixes
+    ("fused fc1 bias + GELU (vqdna op)", ("_gelu_fwd_kernel", "_gelu_bwd_kernel")),
+    ("partial-sum finish (vqdna, Triton)", ("_colsum_kernel",)),
     ("fused add+dropout+LayerNorm (vqdna op)", ("_fwd_kernel", "_bwd_kernel")),
     # attention first: cuDNN's SDPA kernels also carry "sm90" in their names
     ("attention (cuDNN / flash)", ("cudnn", "flash", "fmha", "sdpa", "attention")),
@@ -612,8 +631,12 @@ def kernel_check(device, tiny: bool = False, sweep: bool = False) -> dict:
         # bytes that must move: forward reads x, y, writes s, h; backward reads dh, ds, s, writes dx, dy
         res["min_bytes_fwd_bwd_GB"] = 9 * N * H * 2 / 1e9
         if sweep:
+            from vqdna.models import partial_sums
+
             res["tile_sweep"] = sweep_tiles(fused_norm, x, y, w, b, gs, gh, seed, p, eps)
             fused_norm.set_tiles(**res["tile_sweep"]["best"])
+            partial_sums.set_mode(res["tile_sweep"]["best_partial_sums"])
+            res["partial_sums_used"] = partial_sums.MODE
             res["tiles_used"] = dict(fused_norm.TILES)
             res["fused_op_best_tiles_fwd_bwd_ms"] = float(triton.testing.do_bench(fwd_bwd(fused), warmup=50, rep=200,
                                                                                  return_mode="median"))
@@ -710,48 +733,89 @@ def rope_kernel_check(device, tiny: bool = False, sweep: bool = False) -> dict:
 
 
 # launch shapes the tile sweep times: forward (rows a program, warps), backward (rows an
-# iteration, warps, programs per multiprocessor); one warp per row is the design point (session 4,
-# call 1: 1x1 and 1x1x16 the fastest, now the defaults)
-FWD_TILES = ((1, 1), (2, 2), (4, 4), (8, 8), (2, 1), (4, 2), (8, 4), (16, 8))
-BWD_TILES = ((1, 1, 16), (1, 1, 32), (2, 2, 8), (2, 2, 16), (4, 4, 4), (4, 4, 8), (8, 8, 2), (8, 8, 4), (2, 1, 16), (4, 2, 8))
+# iteration, warps, programs per multiprocessor, register cap; 0 = none). Session 4's design
+# point was one warp per row (1x1, 1x1x16); with the folded y bias that kernel takes 254
+# registers a thread (ptxas, sm_90), 8 resident warps an SM: the session-5 entries keep every
+# program resident (programs per SM = what fits by registers: 1x2 187 regs -> 5, 1x4 72 -> 7,
+# 2x4 140 -> 3, 1x8 48 -> 5) or cap the registers
+FWD_TILES = ((1, 1), (2, 2), (2, 1), (4, 2))
+BWD_TILES = ((1, 1, 16, 0), (1, 1, 8, 0), (1, 1, 12, 168), (1, 1, 16, 128), (1, 2, 5, 0), (1, 2, 8, 0),
+             (1, 4, 7, 0), (1, 4, 4, 0), (2, 4, 3, 0), (1, 8, 4, 0), (2, 2, 8, 0), (4, 4, 4, 0))
 
 
 def sweep_tiles(fused_norm, x, y, w, b, gs, gh, seed, p, eps) -> dict:
     """Forward and backward time of the fused op's kernels per launch shape (triton do_bench,
-    median), against the bytes each must move; the fastest of each is `best`."""
+    median; the backward with the folded y bias, as 22 of the step's 23 calls run it, finishing
+    included), against the bytes each must move; the fastest of each is `best`, then the
+    partial-sum finish (vqdna.models.partial_sums: torch vs Triton) timed at `best`, the faster
+    in `best_partial_sums`. A launch shape that fails to compile is recorded, not fatal."""
     import triton.testing
 
+    from vqdna.models import partial_sums
+
     N, H = x.shape
-    old = dict(fused_norm.TILES)
-    fwd, bwd = {}, {}
+    old, old_mode = dict(fused_norm.TILES), partial_sums.MODE
+    fwd, bwd, regs, errors = {}, {}, {}, {}
+
+    def bench(fn):
+        return float(triton.testing.do_bench(fn, warmup=10, rep=60, return_mode="median"))
+
+    yb = torch.zeros(H, device=x.device, dtype=x.dtype) + 0.1
     try:
         for rows, warps in FWD_TILES:
             fused_norm.set_tiles(fwd_rows=rows, fwd_warps=warps)
-            fwd[f"{rows}x{warps}"] = float(triton.testing.do_bench(
-                lambda: fused_norm.triton_forward(x, y, w, b, seed, p, eps), warmup=10, rep=60, return_mode="median"))
-        s, _, mean, rstd = fused_norm.triton_forward(x, y, w, b, seed, p, eps)
-        for rows, warps, per_sm in BWD_TILES:
-            fused_norm.set_tiles(bwd_rows=rows, bwd_warps=warps, bwd_progs_per_sm=per_sm)
-            bwd[f"{rows}x{warps}x{per_sm}"] = float(triton.testing.do_bench(
-                lambda: fused_norm.triton_backward(gh, gs, s, w, mean, rstd, seed, p, x.dtype, y.dtype),
-                warmup=10, rep=60, return_mode="median"))
+            try:
+                fwd[f"{rows}x{warps}"] = bench(lambda: fused_norm.triton_forward(x, y, w, b, seed, p, eps, yb))
+            except Exception as exc:  # noqa: BLE001
+                errors[f"fwd {rows}x{warps}"] = repr(exc)[:300]
+        s, _, mean, rstd = fused_norm.triton_forward(x, y, w, b, seed, p, eps, yb)
+
+        def backward():
+            return fused_norm.triton_backward(gh, gs, s, w, mean, rstd, seed, p, x.dtype, y.dtype, yb.dtype)
+
+        for rows, warps, per_sm, maxnreg in BWD_TILES:
+            key = f"{rows}x{warps}x{per_sm}x{maxnreg}"
+            fused_norm.set_tiles(bwd_rows=rows, bwd_warps=warps, bwd_progs_per_sm=per_sm, bwd_maxnreg=maxnreg)
+            try:
+                bwd[key] = bench(backward)
+                k = fused_norm.LAST_BWD_KERNEL.get("kernel")
+                regs[key] = {"n_regs": getattr(k, "n_regs", None), "n_spills": getattr(k, "n_spills", None)}
+            except Exception as exc:  # noqa: BLE001
+                errors["bwd " + key] = repr(exc)[:300]
         fr, fw = (int(v) for v in min(fwd, key=fwd.get).split("x"))
-        br, bw, bp = (int(v) for v in min(bwd, key=bwd.get).split("x"))
+        br, bw, bp, bm = (int(v) for v in min(bwd, key=bwd.get).split("x"))
+        best = {"fwd_rows": fr, "fwd_warps": fw, "bwd_rows": br, "bwd_warps": bw, "bwd_progs_per_sm": bp,
+                "bwd_maxnreg": bm}
+        fused_norm.set_tiles(**best)
+        finish = {}
+        for mode in ("torch", "triton"):
+            partial_sums.set_mode(mode)
+            try:
+                finish[mode] = bench(backward)
+            except Exception as exc:  # noqa: BLE001
+                errors["finish " + mode] = repr(exc)[:300]
+        partial_sums.set_mode("torch")
+        ref_sums = [t.float() for t in backward()[2:]]
+        partial_sums.set_mode("triton")
+        try:
+            tri_sums = [t.float() for t in backward()[2:]]
+            finish["triton_vs_torch_rel_diff"] = [float((a - r).norm() / r.norm()) for a, r in zip(tri_sums, ref_sums)]
+        except Exception as exc:  # noqa: BLE001
+            errors["finish check"] = repr(exc)[:300]
+        best_mode = min((m for m in ("torch", "triton") if m in finish), key=finish.get)
+        partial_sums.set_mode("torch")
         # diagnostic only (not installed): is the Philox generator what bounds the kernels?
-        fused_norm.set_tiles(fwd_rows=fr, fwd_warps=fw, bwd_rows=br, bwd_warps=bw, bwd_progs_per_sm=bp, philox_rounds=7)
-        diag = {"fwd_ms_7_rounds": float(triton.testing.do_bench(
-                    lambda: fused_norm.triton_forward(x, y, w, b, seed, p, eps), warmup=10, rep=60, return_mode="median")),
-                "bwd_ms_7_rounds": float(triton.testing.do_bench(
-                    lambda: fused_norm.triton_backward(gh, gs, s, w, mean, rstd, seed, p, x.dtype, y.dtype),
-                    warmup=10, rep=60, return_mode="median")),
-                "fwd_ms_no_dropout": float(triton.testing.do_bench(
-                    lambda: fused_norm.triton_forward(x, y, w, b, seed, 0.0, eps), warmup=10, rep=60, return_mode="median"))}
+        fused_norm.set_tiles(philox_rounds=7)
+        diag = {"fwd_ms_7_rounds": bench(lambda: fused_norm.triton_forward(x, y, w, b, seed, p, eps, yb)),
+                "bwd_ms_7_rounds": bench(backward),
+                "fwd_ms_no_dropout": bench(lambda: fused_norm.triton_forward(x, y, w, b, seed, 0.0, eps, yb))}
     finally:
         fused_norm.set_tiles(**old)
+        partial_sums.set_mode(old_mode)
     gb = 2 * N * H * x.element_size() / 1e9  # GB of two [N, H] tensors
-    return {"fwd_ms": fwd, "bwd_ms": bwd, "diagnostic": diag,
-            "fwd_min_ms_at_4TBps": 2 * gb / 4.0, "bwd_min_ms_at_4TBps": 2.5 * gb / 4.0,
-            "best": {"fwd_rows": fr, "fwd_warps": fw, "bwd_rows": br, "bwd_warps": bw, "bwd_progs_per_sm": bp}}
+    return {"fwd_ms": fwd, "bwd_ms": bwd, "bwd_kernel_regs": regs, "finish_ms": finish, "errors": errors,
+            "diagnostic": diag, "fwd_min_ms_at_4TBps": 2 * gb / 4.0, "bwd_min_ms_at_4TBps": 2.5 * gb / 4.0,
+            "best": best, "best_partial_sums": best_mode}
 
 
 def compare_curves(runs: list[dict], window: int, ref_name: str = "vqdna_bf16") -> dict:

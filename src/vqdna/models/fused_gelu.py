@@ -78,7 +78,7 @@ if triton is not None:
         return rows[:, None] * n_cols + cols[None, :], m
 
     @triton.jit
-    def _fwd_kernel(h_ptr, b_ptr, a_ptr, n_rows, n_cols,
+    def _gelu_fwd_kernel(h_ptr, b_ptr, a_ptr, n_rows, n_cols,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BIG: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -89,7 +89,7 @@ if triton is not None:
         tl.store(a_ptr + offs, a.to(a_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
-    def _bwd_kernel(da_ptr, h_ptr, b_ptr, dh_ptr, db_ptr, n_rows, n_cols,
+    def _gelu_bwd_kernel(da_ptr, h_ptr, b_ptr, dh_ptr, db_ptr, n_rows, n_cols,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ITERS: tl.constexpr, BIG: tl.constexpr):
         stripe = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -154,7 +154,7 @@ def triton_forward(h0: Tensor, bias: Tensor) -> Tensor:
     a = torch.empty_like(h2)
     bm, bn = TILES["fwd_rows"], _cols_block(H, TILES["fwd_cols"])
     big = (triton.cdiv(N, bm) * bm) * H > MAX_INT32
-    _fwd_kernel[(triton.cdiv(N, bm), triton.cdiv(H, bn))](
+    _gelu_fwd_kernel[(triton.cdiv(N, bm), triton.cdiv(H, bn))](
         h2, bias.contiguous(), a, N, H, BLOCK_M=bm, BLOCK_N=bn, BIG=big, num_warps=TILES["fwd_warps"])
     return a.view(h0.shape)
 
@@ -168,7 +168,7 @@ def triton_backward(da: Tensor, h0: Tensor, bias: Tensor) -> tuple[Tensor, Tenso
     iters, stripes = _backward_grid(N, bm)
     big = stripes * iters * bm * H > MAX_INT32
     db_part = torch.empty((stripes, H), device=h0.device, dtype=torch.float32)
-    _bwd_kernel[(stripes, triton.cdiv(H, bn))](
+    _gelu_bwd_kernel[(stripes, triton.cdiv(H, bn))](
         da2, h2, bias.contiguous(), dh, db_part, N, H,
         BLOCK_M=bm, BLOCK_N=bn, ITERS=iters, BIG=big, num_warps=TILES["bwd_warps"])
     return dh.view(h0.shape), partial_sums.column_sums(db_part.view(stripes, 1, H), (bias.dtype,))[0]
