@@ -307,20 +307,23 @@ if triton is not None:
 # Launch shape: rows per program (forward), rows per loop iteration (backward), warps, persistent
 # backward programs per multiprocessor. Defaults: the fastest of
 # the bench's sweep on an H200 at [65536 x 768] bf16 (session 4: one warp = one row, forward 120
-# us, backward 247 us a call; 4-row / 4-warp tiles 124 / 311 us). The bench's --tile-sweep times
-# a grid of these (bench/pretrain_bench.py FWD_TILES, BWD_TILES) and `set_tiles` installs the
-# fastest for the rest of that process.
-TILES = {"fwd_rows": 1, "fwd_warps": 1, "bwd_rows": 1, "bwd_warps": 1, "bwd_progs_per_sm": 16,
+# us, backward 247 us a call; 4-row / 4-warp tiles 124 / 311 us). Session 5 (final call, Triton
+# 3.6, backward with the folded y bias, finish included): 12 programs an SM with registers capped
+# at 168 (24 spilled) 220 us vs 237 us for 16 uncapped (222 registers: 9 resident warps an SM, so
+# 16 ran as two waves); every multi-warp-per-row shape was slower (1x2 318-453, 1x4 359-538 us).
+# The bench's --tile-sweep times a grid of these (bench/pretrain_bench.py FWD_TILES, BWD_TILES)
+# and `set_tiles` installs the fastest for the rest of that process.
+TILES = {"fwd_rows": 1, "fwd_warps": 1, "bwd_rows": 1, "bwd_warps": 1, "bwd_progs_per_sm": 12,
          # Philox rounds (10 = curand's and Triton's default); the bench times 7 (the fewest
          # Random123 reports as crush-resistant) only to see whether the generator bounds the kernels
          "philox_rounds": 10,
          # register cap of the backward kernel (ptxas .maxnreg; 0 = the compiler's choice). Why a
-         # knob: at one warp a row the backward kernel takes 254 registers a thread (sm_90, H = 768,
-         # with the folded y bias, 112 bytes spilled: ptxas via cuobjdump -res-usage), so at most 8
-         # of its warps fit on a multiprocessor and 16 programs per SM run as two waves; a cap
-         # trades spills for resident warps, one warp per row over more warps trades shuffles for
-         # cross-warp sums (1 x 4 warps: 72 registers). The bench's sweep decides.
-         "bwd_maxnreg": 0}
+         # knob: at one warp a row the backward kernel holds three [row] fp32 partial-sum tiles and
+         # the row's s, dh, ds in registers: 222 registers a thread under Triton 3.6 on an H200
+         # (254 + 112 bytes spilled under Triton 3.9's ptxas), so at most 9 of its warps fit on a
+         # multiprocessor. A cap trades a few spills for resident warps; measured, not derived
+         # (the comment above TILES). The Triton interpreter ignores it.
+         "bwd_maxnreg": 168}
 
 
 # the compiled backward kernel of the last call (its n_regs / n_spills, for the bench's sweep)
