@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .configuration import VQDNAConfig
-from .fp8 import linear_without_bias
+from .fp8 import bias_foldable, linear_without_bias
 from .fused_gelu import bias_gelu
 
 
@@ -21,9 +21,9 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor, add_bias: bool = True) -> torch.Tensor:
         """`add_bias=False`: fc2's output without its bias, for a caller that adds `fc2.bias`
         itself inside a fused op (the residual add + dropout + LayerNorm)."""
-        if getattr(self.config, "fused_gelu", False):
+        if getattr(self.config, "fused_gelu", False) and bias_foldable(self.fc1):
             # fc1 without its bias; the bias add, GELU and (in backward) the bias gradient in
-            # one op (vqdna.models.fused_gelu)
+            # one op (vqdna.models.fused_gelu). A wrapped fc1 (LoRA) keeps its own forward.
             a = bias_gelu(linear_without_bias(self.fc1, x), self.fc1.bias)
         else:
             a = F.gelu(self.fc1(x))

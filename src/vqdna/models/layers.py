@@ -10,7 +10,7 @@ from torch.utils.checkpoint import checkpoint
 from .configuration import VQDNAConfig
 from .feedforward import FeedForward
 from . import fused_rope
-from .fp8 import linear, linear_without_bias
+from .fp8 import bias_foldable, linear, linear_without_bias
 from .fused_norm import dropout_add_layer_norm
 from .positions import alibi_bias, alibi_slopes, apply_rope, rope_tables
 
@@ -39,9 +39,13 @@ class SelfAttention(nn.Module):
         B, T, H = x.shape
         if rope is not None and getattr(self.config, "fused_rope", False) and fused_rope.applies(B, T, self.num_heads, self.head_dim):
             # one op: qkv bias + RoPE forward, and in backward the whole qkv gradient (inverse
-            # rotation, dv) and the qkv bias gradient in one pass (vqdna.models.fused_rope)
-            qkv = linear_without_bias(self.qkv, x).view(B, T, 3, self.num_heads, self.head_dim)
-            q, k, v = fused_rope.rope_qkv(qkv, self.qkv.bias, *rope)
+            # rotation, dv) and the qkv bias gradient in one pass (vqdna.models.fused_rope); a
+            # wrapped projection (LoRA) keeps its own forward and its bias
+            if bias_foldable(self.qkv):
+                qkv, qkv_bias = linear_without_bias(self.qkv, x), self.qkv.bias
+            else:
+                qkv, qkv_bias = self.qkv(x), None
+            q, k, v = fused_rope.rope_qkv(qkv.view(B, T, 3, self.num_heads, self.head_dim), qkv_bias, *rope)
         else:
             qkv = self.qkv(x).view(B, T, 3, self.num_heads, self.head_dim)
             # q, k, v stay in the projection's [B, T, heads, d] layout and reach SDPA as transposed
@@ -139,14 +143,19 @@ class EncoderLayer(nn.Module):
         return dropout_add_layer_norm(x, y, weight, bias, self.dropout.p if self.training else 0.0, self.eps,
                                       y_bias=y_bias)
 
+    def _folds(self, module: nn.Module) -> bool:
+        """Whether the fused op takes `module`'s bias: on the fused path, for a plain linear layer
+        (a LoRA-wrapped one keeps its forward: a product of its weight alone would drop the adapter)."""
+        return self.fused and self.fold_bias and bias_foldable(module)
+
     def _attention_fused(self, x, rope, attn_mask):
         """(attention output, the bias the fused op adds to it): out_proj's bias folded or not."""
-        if self.fold_bias:
+        if self._folds(self.attention.out_proj):
             return self.attention(x, rope, attn_mask, add_bias=False), self.attention.out_proj.bias
         return self.attention(x, rope, attn_mask), None
 
     def _mlp_fused(self, h):
-        if self.fold_bias:
+        if self._folds(self.mlp.fc2):
             return self.mlp(h, add_bias=False), self.mlp.fc2.bias
         return self.mlp(h), None
 
@@ -169,7 +178,7 @@ class EncoderLayer(nn.Module):
         """This block's output at `select [B, k]` only (what the MLM loss reads of the last block).
         `normed`: attn_norm(x) when the caller already has it (fused pre-LN path)."""
         x_sel = x.gather(1, select[..., None].expand(*select.shape, x.shape[-1]))
-        fold = self.fused and self.fold_bias
+        fold = self._folds(self.attention.out_proj)
         attn_bias = self.attention.out_proj.bias if fold else None
         if self.pre_norm:
             normed = self.attn_norm(x) if normed is None else normed
