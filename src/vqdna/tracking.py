@@ -116,6 +116,11 @@ def get_client(cfg: Mapping | None):
 
     uri = tracking_uri(cfg)
     _ensure_sqlite_dir(uri)
+    if uri.startswith("sqlite:"):
+        # Import the SQL store before taking the lock: its import (SQLAlchemy, MLflow's ORM
+        # models, alembic) is most of the client's start-up, and parallel jobs need not queue
+        # behind each other for it; only opening (and, for a fresh file, migrating) the store must.
+        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
     with _sqlite_init_lock(uri):
         client = with_retries(lambda: MlflowClient(tracking_uri=uri), what="connect")
         # open the store now, under the lock: parallel jobs creating a fresh sqlite store race

@@ -66,7 +66,7 @@ def build_summary(*, dataset: str, tokenizer: str, meta: dict, points: list[dict
 def run(args, cfg) -> int:
     from ..atomic import write_json
     from ..datasets.store import read_meta
-    from ..tracking import get_client, start_run, with_retries
+    from ..tracking import start_run, with_retries
     from .grid import grid_points
 
     ft = cfg["finetune"]
@@ -83,7 +83,7 @@ def run(args, cfg) -> int:
         parent.log_metrics({f"test.{summary['metric']}.mean": summary["test"]["mean"],
                             f"test.{summary['metric']}.std": summary["test"]["std"],
                             **{f"dev.{summary['metric']}.{g['point']}": g["dev"] for g in summary["grid"]}})
-        client = get_client(cfg)
+        client = parent.client  # the run's own client: a second one would open the store again
         linked = 0
         for point_runs in runs.values():
             for rec in point_runs.values():
