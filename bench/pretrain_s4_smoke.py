@@ -1,6 +1,6 @@
 """`vqdna pretrain`'s training function (vqdna.models.pretrain.pretrain, MLflow off: the device
 image lacks mlflow/jsonschema) with the session-4 settings: bf16 weights, compiled blocks, the
-fused add+dropout+LayerNorm op, `cuda_graphs` on, two micro-batches per step (gradient
+fused add+dropout+LayerNorm op (and, since session 5, the fused RoPE and bias+GELU ops), `cuda_graphs` on, two micro-batches per step (gradient
 accumulation inside the graph), then evaluation and save_pretrained. Prints and writes its metrics.
 
     PYTHONPATH=src python3 bench/pretrain_s4_smoke.py --tokens TOKDIR --tokenizer TOKENIZERDIR --out OUT.json
@@ -41,6 +41,7 @@ def main():
         "batch_size": args.micro * args.accum, "micro_batch_size": args.micro, "lr": 5e-4, "warmup_steps": 10,
         "eval_batches": 2, "log_every": max(1, args.steps // 2), "checkpoint_every": 10**9,
         "precision": "bf16_weights", "compile": args.device != "cpu", "fused_dropout_norm": True,
+        "fused_rope": True, "fused_gelu": True,  # session 5: paper.yaml turns them on
         "cuda_graphs": bool(args.cuda_graphs)}}
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

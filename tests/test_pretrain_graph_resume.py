@@ -130,7 +130,8 @@ def differing(a, b) -> list[str]:
     return [n for (n, x), (_, y) in zip(a, b) if x.dtype != y.dtype or not torch.equal(x, y)]
 
 
-CASES = [  # (fused_dropout_norm, accumulation steps, attention dropout, shape); hidden dropout 0.1 throughout
+CASES = [  # (fused ops: fused_dropout_norm + fused_rope + fused_gelu as in paper.yaml, accumulation steps,
+    # attention dropout, shape); hidden dropout 0.1 throughout
     # paper.yaml's settings at BERT-base width (2 of its 12 layers): opt-in, it compiles other kernels
     pytest.param(True, 2, 0.0, "bert_base", marks=pytest.mark.skipif(
         not os.environ.get("VQDNA_GPU_BERT_BASE"), reason="set VQDNA_GPU_BERT_BASE=1")),
@@ -143,7 +144,8 @@ def test_graphed_resume_equals_uninterrupted(fused, accum, attention_dropout, sh
     arch = dict(TINY if shape == "tiny" else BERT_BASE)
     rows, length = arch.pop("rows"), arch.pop("length")
     cfg = VQDNAConfig(levels=2, vocab_sizes=[20, 30], hidden_dropout_prob=0.1,
-                      attention_probs_dropout_prob=attention_dropout, fused_dropout_norm=fused, **arch)
+                      attention_probs_dropout_prob=attention_dropout, fused_dropout_norm=fused,
+                      fused_rope=fused, fused_gelu=fused, **arch)
     data = make_data(cfg, rows, length, accum)
 
     whole = build(cfg, accum, length)
