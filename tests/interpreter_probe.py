@@ -36,11 +36,17 @@ RUNTIME_LOOP_PROBE = textwrap.dedent("""
 """)
 
 
-@functools.lru_cache(maxsize=None)
-def interpreter_runs_runtime_loops() -> bool:
+def has_triton() -> bool:
     try:
         import triton  # noqa: F401
     except ImportError:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def interpreter_runs_runtime_loops() -> bool:
+    if not has_triton():
         return False
     out = subprocess.run([sys.executable, "-c", RUNTIME_LOOP_PROBE], env=dict(os.environ, TRITON_INTERPRET="1"),
                          capture_output=True, text=True, timeout=300)

@@ -15,9 +15,9 @@ from vqdna.models import VQDNAConfig, VQDNAForMaskedLM
 from vqdna.models import fused_gelu
 from vqdna.models.feedforward import FeedForward
 from vqdna.models.fp8 import Float8Linear, convert_to_float8
-from vqdna.models.masking import mask_tokens
 
-from interpreter_probe import run_interpreter_script
+from mlm_checks import run_model, tiny_batch
+from interpreter_probe import has_triton, run_interpreter_script
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -86,19 +86,9 @@ def test_bias_shape_is_checked():
         fused_gelu.bias_gelu(torch.randn(4, 8), torch.randn(7))
 
 
-def tiny_batch(cfg, B=4, T=16):
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, cfg.vocab_sizes[0], (B, T, 1), generator=gen)
-    return mask_tokens(ids, cfg, ratio=0.25, generator=gen)
 
 
-def loss_and_grads(model, masked, labels, seed=1):
-    torch.manual_seed(seed)
-    out = model(masked, None, labels=labels)
-    out.loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return out.loss.detach(), out.logits, grads
+
 
 
 @pytest.mark.parametrize("norm_position", ["pre", "post"])
@@ -109,9 +99,9 @@ def test_model_with_fused_gelu_equals_model_without(norm_position, fused_dropout
     torch.manual_seed(0)
     model = VQDNAForMaskedLM(cfg).eval()
     masked, labels = tiny_batch(cfg)
-    loss_plain, logits_plain, g_plain = loss_and_grads(model, masked, labels)
+    loss_plain, logits_plain, g_plain = run_model(model, masked, labels)
     cfg.fused_gelu = True
-    loss_fused, logits_fused, g_fused = loss_and_grads(model, masked, labels)
+    loss_fused, logits_fused, g_fused = run_model(model, masked, labels)
     torch.testing.assert_close(loss_fused, loss_plain, rtol=1e-5, atol=1e-6)
     for lf, lp in zip(logits_fused if isinstance(logits_fused, (list, tuple)) else [logits_fused],
                       logits_plain if isinstance(logits_plain, (list, tuple)) else [logits_plain]):
@@ -152,9 +142,9 @@ def test_compiled_blocks_match_eager():
     torch.manual_seed(0)
     model = VQDNAForMaskedLM(cfg).train()
     masked, labels = tiny_batch(cfg)
-    loss_eager, _, g_eager = loss_and_grads(model, masked, labels)
+    loss_eager, _, g_eager = run_model(model, masked, labels)
     model.vqdna.compile_blocks(backend="aot_eager", dynamic=False)
-    loss_comp, _, g_comp = loss_and_grads(model, masked, labels)
+    loss_comp, _, g_comp = run_model(model, masked, labels)
     torch.testing.assert_close(loss_comp, loss_eager)
     for name in g_eager:
         torch.testing.assert_close(g_comp[name], g_eager[name], msg=name)
@@ -205,14 +195,14 @@ def test_float8_still_converts_fc1_and_fc2_and_the_fused_path_uses_it():
     torch.manual_seed(0)
     model = VQDNAForMaskedLM(cfg).eval()
     masked, labels = tiny_batch(cfg)
-    loss_bf, _, _ = loss_and_grads(model, masked, labels)
+    loss_bf, _, _ = run_model(model, masked, labels)
     n = convert_to_float8(model)
     assert n == 4 * cfg.num_hidden_layers
     mlp = model.vqdna.encoder.layers[0].mlp
     assert isinstance(mlp.fc1, Float8Linear) and isinstance(mlp.fc2, Float8Linear)
-    loss_f8, _, g_f8 = loss_and_grads(model, masked, labels)
+    loss_f8, _, g_f8 = run_model(model, masked, labels)
     cfg.fused_gelu = False
-    loss_f8_plain, _, g_plain = loss_and_grads(model, masked, labels)
+    loss_f8_plain, _, g_plain = run_model(model, masked, labels)
     # float8 products (not the bf16/fp32 ones) on both paths: same loss up to where the bias is added
     assert not torch.equal(loss_f8, loss_bf)
     torch.testing.assert_close(loss_f8, loss_f8_plain, rtol=1e-4, atol=1e-5)
@@ -242,23 +232,15 @@ def test_model_paths_agree_on_cuda():
     torch.manual_seed(0)
     model = VQDNAForMaskedLM(cfg).cuda().eval()
     masked, labels = (t.cuda() for t in tiny_batch(cfg))
-    loss_plain, _, g_plain = loss_and_grads(model, masked, labels)
+    loss_plain, _, g_plain = run_model(model, masked, labels)
     cfg.fused_gelu = True
-    loss_fused, _, g_fused = loss_and_grads(model, masked, labels)
+    loss_fused, _, g_fused = run_model(model, masked, labels)
     torch.testing.assert_close(loss_fused, loss_plain, rtol=1e-5, atol=1e-6)
     for name in g_plain:
         torch.testing.assert_close(g_fused[name], g_plain[name], rtol=1e-4, atol=1e-5, msg=name)
 
 
-def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_triton(), reason="Triton not installed")
+@pytest.mark.skipif(not has_triton(), reason="Triton not installed")
 def test_triton_kernels_under_the_cpu_interpreter():
     """The Triton kernels on CPU tensors (TRITON_INTERPRET=1, its own process: the variable is
     read when the kernels are defined) against F.gelu(h0 + b)'s autograd, for column blocks

@@ -14,9 +14,9 @@ import torch.nn.functional as F
 from vqdna.models import VQDNAConfig, VQDNAForMaskedLM
 from vqdna.models import fused_norm
 from vqdna.models.layers import EncoderLayer
-from vqdna.models.masking import mask_tokens
 
-from interpreter_probe import run_interpreter_script, skip_unless_interpreter_runs_runtime_loops
+from mlm_checks import run_model, tiny_batch
+from interpreter_probe import has_triton, run_interpreter_script, skip_unless_interpreter_runs_runtime_loops
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -125,19 +125,9 @@ def test_p_zero_is_a_plain_add_and_bad_p_is_rejected():
         fused_norm.dropout_add_layer_norm(x, y, w, b, 1.0, 1e-5)
 
 
-def tiny_batch(cfg, B=4, T=16):
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, cfg.vocab_sizes[0], (B, T, 1), generator=gen)
-    return mask_tokens(ids, cfg, ratio=0.25, generator=gen)
 
 
-def loss_and_grads(model, masked, labels, seed=1):
-    torch.manual_seed(seed)
-    out = model(masked, None, labels=labels)
-    out.loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return out.loss.detach(), grads
+
 
 
 @pytest.mark.parametrize("norm_position", ["pre", "post"])
@@ -148,12 +138,12 @@ def test_fused_model_equals_plain_model_without_dropout(norm_position, sparse):
     model = VQDNAForMaskedLM(cfg).eval()
     model.sparse_last_layer = sparse
     masked, labels = tiny_batch(cfg)
-    loss_plain, g_plain = loss_and_grads(model, masked, labels)
+    loss_plain, _, g_plain = run_model(model, masked, labels)
     cfg.fused_dropout_norm = True
     for fold in (True, False):  # out_proj / fc2 biases inside the op, or in the linear layers
         EncoderLayer.fold_bias = fold
         try:
-            loss_fused, g_fused = loss_and_grads(model, masked, labels)
+            loss_fused, _, g_fused = run_model(model, masked, labels)
         finally:
             EncoderLayer.fold_bias = True
         torch.testing.assert_close(loss_fused, loss_plain, rtol=1e-5, atol=1e-6)
@@ -174,16 +164,16 @@ def test_folded_biases_keep_the_training_function(norm_position, sparse):
     masked, labels = tiny_batch(cfg)
     EncoderLayer.fold_bias = False
     try:
-        loss_unfolded, g_unfolded = loss_and_grads(model, masked, labels)
+        loss_unfolded, _, g_unfolded = run_model(model, masked, labels)
     finally:
         EncoderLayer.fold_bias = True
-    loss_folded, g_folded = loss_and_grads(model, masked, labels)
+    loss_folded, _, g_folded = run_model(model, masked, labels)
     torch.testing.assert_close(loss_folded, loss_unfolded, rtol=1e-5, atol=1e-6)
     for name in g_unfolded:
         torch.testing.assert_close(g_folded[name], g_unfolded[name], rtol=1e-4, atol=1e-6, msg=name)
     assert any(n.endswith("out_proj.bias") for n in g_folded) and any(n.endswith("fc2.bias") for n in g_folded)
     model.eval()
-    assert not torch.equal(loss_and_grads(model, masked, labels)[0], loss_folded)  # dropout was on
+    assert not torch.equal(run_model(model, masked, labels)[0], loss_folded)  # dropout was on
 
 
 @pytest.mark.parametrize("checkpointing", [False, True])
@@ -195,15 +185,15 @@ def test_fused_training_step_is_repeatable_and_drops(checkpointing):
     model = VQDNAForMaskedLM(cfg).train()
     model.vqdna.encoder.gradient_checkpointing = checkpointing
     masked, labels = tiny_batch(cfg)
-    loss_a, g_a = loss_and_grads(model, masked, labels, seed=1)
-    loss_b, g_b = loss_and_grads(model, masked, labels, seed=1)
-    loss_c, _ = loss_and_grads(model, masked, labels, seed=2)
+    loss_a, _, g_a = run_model(model, masked, labels, seed=1)
+    loss_b, _, g_b = run_model(model, masked, labels, seed=1)
+    loss_c = run_model(model, masked, labels, seed=2)[0]
     assert torch.equal(loss_a, loss_b)
     for name in g_a:
         assert torch.equal(g_a[name], g_b[name]), name
     assert not torch.equal(loss_a, loss_c)
     model.eval()
-    loss_eval, _ = loss_and_grads(model, masked, labels)
+    loss_eval = run_model(model, masked, labels)[0]
     assert not torch.equal(loss_a, loss_eval)
 
 
@@ -212,9 +202,9 @@ def test_compiled_fused_blocks_match_eager():
     torch.manual_seed(0)
     model = VQDNAForMaskedLM(cfg).train()
     masked, labels = tiny_batch(cfg)
-    loss_eager, g_eager = loss_and_grads(model, masked, labels)
+    loss_eager, _, g_eager = run_model(model, masked, labels)
     model.vqdna.compile_blocks(backend="aot_eager", dynamic=False)
-    loss_comp, g_comp = loss_and_grads(model, masked, labels)
+    loss_comp, _, g_comp = run_model(model, masked, labels)
     torch.testing.assert_close(loss_comp, loss_eager)
     for name in g_eager:
         torch.testing.assert_close(g_comp[name], g_eager[name], msg=name)
@@ -258,15 +248,7 @@ def test_triton_and_reference_paths_agree_on_cuda():
     assert rel(s_b, s_r3) < 1e-2 and rel(h_b, fused_norm.reference_forward(s_r3, torch.zeros_like(s_r3), w, b, seed, 0.0, 1e-12)[1]) < 1e-2
 
 
-def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_triton(), reason="Triton not installed")
+@pytest.mark.skipif(not has_triton(), reason="Triton not installed")
 def test_triton_kernels_under_the_cpu_interpreter():
     """The Triton kernels themselves on CPU tensors (TRITON_INTERPRET=1, its own process: the
     variable is read when the kernels are defined), against the plain composition."""

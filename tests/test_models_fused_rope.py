@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from vqdna.models import VQDNAConfig, VQDNAForMaskedLM, fused_rope
-from vqdna.models.masking import mask_tokens
 from vqdna.models.positions import apply_rope, rope_tables
 
-from interpreter_probe import run_interpreter_script, skip_unless_interpreter_runs_runtime_loops
+from mlm_checks import run_model, tiny_batch
+from interpreter_probe import has_triton, run_interpreter_script, skip_unless_interpreter_runs_runtime_loops
 
 TINY = dict(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64)
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -93,19 +93,9 @@ def test_layouts_and_odd_shapes():
         fused_rope.rope_qkv(torch.randn(2, 5, 3, 3, 12), None, *rope_tables(5, 8, 100.0, "cpu", torch.float32))
 
 
-def tiny_batch(cfg, B=4, T=16):
-    gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, cfg.vocab_sizes[0], (B, T, 1), generator=gen)
-    return mask_tokens(ids, cfg, ratio=0.25, generator=gen)
 
 
-def run_model(model, masked, labels, seed=1):
-    torch.manual_seed(seed)
-    out = model(masked, None, labels=labels)
-    out.loss.backward()
-    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
-    model.zero_grad(set_to_none=True)
-    return out.loss.detach(), out.logits.detach(), grads
+
 
 
 def assert_close_runs(a, b, rtol=1e-4, atol=1e-6):
@@ -220,15 +210,7 @@ def test_triton_and_reference_paths_agree_on_cuda(layout):
             assert g[1].numel() == 0
 
 
-def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_triton(), reason="Triton not installed")
+@pytest.mark.skipif(not has_triton(), reason="Triton not installed")
 def test_triton_kernels_under_the_cpu_interpreter():
     """The Triton kernels on CPU tensors (TRITON_INTERPRET=1, its own process), against the plain
     composition: both layouts, with and without bias, padded heads / half dims, several launch

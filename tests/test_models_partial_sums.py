@@ -7,7 +7,7 @@ import textwrap
 import pytest
 import torch
 
-from interpreter_probe import run_interpreter_script, skip_unless_interpreter_runs_runtime_loops
+from interpreter_probe import has_triton, run_interpreter_script, skip_unless_interpreter_runs_runtime_loops
 from vqdna.models import partial_sums
 
 
@@ -41,15 +41,7 @@ def test_bad_arguments_are_rejected(torch_mode):
         partial_sums.set_mode("atomic")
 
 
-def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
-@pytest.mark.skipif(not _has_triton(), reason="Triton not installed")
+@pytest.mark.skipif(not has_triton(), reason="Triton not installed")
 def test_triton_mode_under_the_cpu_interpreter():
     """Rows not a multiple of the row block, widths not a multiple of the column block, K = 1..3,
     output dtypes per gradient; equal to the fp64 column sums up to fp32 rounding, and the same
@@ -76,7 +68,7 @@ def test_triton_mode_under_the_cpu_interpreter():
     run_interpreter_script(script, timeout=600)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available() or not _has_triton(), reason="needs CUDA and Triton")
+@pytest.mark.skipif(not torch.cuda.is_available() or not has_triton(), reason="needs CUDA and Triton")
 def test_triton_mode_equals_torch_mode_on_cuda():
     part = torch.randn(2112, 3, 768, device="cuda")
     dtypes = (torch.bfloat16, torch.bfloat16, torch.float32)

@@ -24,6 +24,7 @@ import torch
 from torch import Tensor
 
 from . import partial_sums
+from .launch_shapes import tiles_setter
 
 try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs take the reference path
     import triton
@@ -121,14 +122,7 @@ TILES = {"fwd_rows": 4, "fwd_cols": 1024, "fwd_warps": 4,
          "bwd_rows": 16, "bwd_cols": 256, "bwd_warps": 8, "bwd_rows_per_stripe": 256}
 
 
-def set_tiles(**tiles) -> dict:
-    """Change the launch shape (keys of TILES); returns the previous one."""
-    unknown = set(tiles) - set(TILES)
-    if unknown:
-        raise KeyError(f"unknown tile keys {sorted(unknown)}")
-    old = dict(TILES)
-    TILES.update({k: int(v) for k, v in tiles.items()})
-    return old
+set_tiles = tiles_setter(TILES)  # set_tiles(**changes) -> the previous launch shape
 
 
 def _cols_block(n_cols: int, want: int) -> int:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from . import partial_sums
+from .launch_shapes import tiles_setter
 
 try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs take the reference path
     import triton
@@ -330,14 +331,7 @@ TILES = {"fwd_rows": 1, "fwd_warps": 1, "bwd_rows": 1, "bwd_warps": 1, "bwd_prog
 LAST_BWD_KERNEL: dict = {}
 
 
-def set_tiles(**tiles) -> dict:
-    """Change the launch shape (keys of TILES); returns the previous one."""
-    unknown = set(tiles) - set(TILES)
-    if unknown:
-        raise KeyError(f"unknown tile keys {sorted(unknown)}")
-    old = dict(TILES)
-    TILES.update({k: int(v) for k, v in tiles.items()})
-    return old
+set_tiles = tiles_setter(TILES)  # set_tiles(**changes) -> the previous launch shape
 
 
 def _chunks(n_cols: int, elem_bytes: int) -> tuple[int, int]:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from . import partial_sums
+from .launch_shapes import tiles_setter
 from .fused_norm import MAX_ELEMENTS, triton, triton_available
 
 if triton is not None:
@@ -41,13 +42,7 @@ LAYOUT = "bthd"
 TILES = {"fwd_rows": 2, "fwd_warps": 4, "bwd_rows": 2, "bwd_warps": 4, "bwd_progs_per_sm": 4}
 
 
-def set_tiles(**tiles) -> dict:
-    unknown = set(tiles) - set(TILES)
-    if unknown:
-        raise KeyError(f"unknown tile keys {sorted(unknown)}")
-    old = dict(TILES)
-    TILES.update({k: int(v) for k, v in tiles.items()})
-    return old
+set_tiles = tiles_setter(TILES)  # set_tiles(**changes) -> the previous launch shape
 
 
 def applies(batch: int, length: int, heads: int, head_dim: int) -> bool:
