@@ -171,6 +171,35 @@ def main(quick: bool):
     save()
     print("timing:", json.dumps(t), flush=True)
 
+    # -- the branch-free erf (TILES erf_poly = 1) against libdevice's, same launch shape --------------
+    zl = torch.linspace(-12, 12, 4096 * 1024, device="cuda", dtype=torch.float32).view(4096, 1024)
+    zero = torch.zeros(1024, device="cuda")
+    ones = torch.ones_like(zl)
+    a_ref, dz_ref = F.gelu(zl.double()), torch.ops.aten.gelu_backward(ones.double(), zl.double())
+    poly = {}
+    for flag in (0, 2):  # 2: the polynomial for every dtype (the fp32 error check below too)
+        old = fg.set_tiles(erf_poly=flag)
+        try:
+            name = "poly" if flag else "libdevice"
+            poly[name + "_fwd_ms"] = ms(lambda: fg.triton_forward(h0, b))
+            poly[name + "_bwd_ms"] = ms(lambda: fg.triton_backward(da, h0, b))
+            a_l, (dz_l, _) = fg.triton_forward(zl, zero), fg.triton_backward(ones, zl, zero)
+            big = a_ref.abs() > 1e-3
+            poly[name + "_fp32_gelu_max_abs_err"] = float((a_l.double() - a_ref).abs().max())
+            poly[name + "_fp32_gelu_max_rel_err_where_abs_gt_1e-3"] = float(((a_l.double() - a_ref).abs()[big] / a_ref.abs()[big]).max())
+            poly[name + "_fp32_dgelu_max_abs_err"] = float((dz_l.double() - dz_ref).abs().max())
+            a_b, (dh_b, db_b) = fg.triton_forward(h0, b), fg.triton_backward(da, h0, b)
+            poly[name + "_bf16_a_vs_libdevice_differs_frac"] = None if not flag else float((a_b != a_lib).float().mean())
+            poly[name + "_bf16_dh_vs_libdevice_differs_frac"] = None if not flag else float((dh_b != dh_lib).float().mean())
+            if not flag:
+                a_lib, dh_lib = a_b, dh_b
+        finally:
+            fg.set_tiles(**old)
+    res["erf_poly"] = poly
+    save()
+    print("erf_poly:", json.dumps(poly), flush=True)
+    del zl, ones, a_ref, dz_ref
+
     # -- errors against float64 ----------------------------------------------------------------------
     z = h0.double() + b.double()
     a_ex = F.gelu(z)

@@ -32,6 +32,8 @@ vqdna variants (`VARIANTS` below):
   *_cg                 the same, the whole step captured once as a CUDA graph and replayed
                        (pretrain.cuda_graphs)
   *_cg_rope, *_cg_gelu, *_cg_rope_gelu
+  *_rope_gelu_erfpoly, *_rope_gelu_erflib
+                       the GELU op's erf: branch-free polynomial / libdevice (fused_gelu TILES erf_poly)
                        vqdna_bf16_fused_cg + RoPE / fc1 bias+GELU as fused ops
                        (pretrain.fused_rope, pretrain.fused_gelu)
   *_nofold             the fused add+dropout+LayerNorm op without out_proj's and fc2's biases
@@ -112,6 +114,12 @@ VARIANTS["vqdna_bf16_fused_cg_nofold"] = dict(VARIANTS["vqdna_bf16_fused_cg"], f
 VARIANTS["vqdna_bf16_fused_cg_nofold_seed1"] = dict(VARIANTS["vqdna_bf16_fused_cg_nofold"], dropout_seed=1)
 VARIANTS["vqdna_bf16_fused_cg_rope_bhtd"] = dict(VARIANTS["vqdna_bf16_fused_cg_rope"], rope_layout="bhtd")
 VARIANTS["vqdna_bf16_fused_cg_rope_gelu_bhtd"] = dict(VARIANTS["vqdna_bf16_fused_cg_rope_gelu"], rope_layout="bhtd")
+# the GELU op with the branch-free erf (fused_gelu TILES erf_poly) and with libdevice's, explicitly
+for _flag, _suffix in ((1, "_erfpoly"), (0, "_erflib")):  # 1: bf16 inputs take the polynomial
+    VARIANTS["vqdna_bf16_fused_cg_rope_gelu" + _suffix] = dict(VARIANTS["vqdna_bf16_fused_cg_rope_gelu"],
+                                                               gelu_tiles={"erf_poly": _flag})
+    VARIANTS["vqdna_bf16_fused_cg_rope_gelu" + _suffix + "_seed1"] = dict(
+        VARIANTS["vqdna_bf16_fused_cg_rope_gelu" + _suffix], dropout_seed=1)
 # session 5 helper K's launch shapes of the fused norm op (the module defaults when this file was
 # written) with the partial sums finished by torch, whatever --tile-sweep installed: the A/B of the sweep
 S5K_NORM_TILES = {"fwd_rows": 1, "fwd_warps": 1, "bwd_rows": 1, "bwd_warps": 1, "bwd_progs_per_sm": 16,
@@ -311,6 +319,10 @@ def run_variant(name, batch, steps, args, arch, vocab, device, batches) -> dict:
             from vqdna.models import fused_norm
 
             restore.callback(fused_norm.set_tiles, **fused_norm.set_tiles(**spec["norm_tiles"]))
+        if spec.get("gelu_tiles"):
+            from vqdna.models import fused_gelu
+
+            restore.callback(fused_gelu.set_tiles, **fused_gelu.set_tiles(**spec["gelu_tiles"]))
         if spec.get("partial_sums"):
             from vqdna.models import partial_sums
 

@@ -1,4 +1,6 @@
 """`a = GELU(h0 + b)` (exact, erf) as one op whose backward also sums the bias gradient.
+(bf16/fp16 inputs: erf from a branch-free polynomial with an error below 2e-7, far under their
+rounding; fp32 inputs: libdevice's erff. See `TILES["erf_poly"]`.)
 
 The encoder's fc1 -> GELU: cuBLAS adds fc1's bias in its epilogue and torch.compile then writes
 GELU(h) in one kernel, recomputes it in backward for fc2's weight gradient while computing
@@ -79,19 +81,36 @@ if triton is not None:
         return rows[:, None] * n_cols + cols[None, :], m
 
     @triton.jit
+    def _cdf(z, e, POLY: tl.constexpr):
+        """Φ(z) = 0.5 (1 + erf(z / √2)); `e` = exp(-z²/2) (used by POLY only). POLY: Abramowitz &
+        Stegun 7.1.26, |error of erf| <= 1.5e-7 (about 2 fp32 ulps near 1; libdevice erff: ~1 ulp),
+        branch-free: one division, five FMAs and the exponential the backward needs anyway, where
+        libdevice's erff runs two polynomial branches."""
+        if POLY:
+            t = 1.0 / (1.0 + 0.3275911 * 0.7071067811865476 * tl.abs(z))
+            tail = 0.5 * e * (t * (0.254829592 + t * (-0.284496736 + t * (1.421413741 + t * (-1.453152027
+                                                                                         + t * 1.061405429)))))
+            return tl.where(z >= 0, 1.0 - tail, tail)  # tail = Φ(-|z|)
+        return 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
+
+    @triton.jit
     def _gelu_fwd_kernel(h_ptr, b_ptr, a_ptr, n_rows, n_cols,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BIG: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BIG: tl.constexpr, POLY: tl.constexpr):
         rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         b = tl.load(b_ptr + cols, mask=cols < n_cols, other=0.0).to(tl.float32)
         offs, m = _offsets(rows, cols, n_rows, n_cols, BIG)
         z = tl.load(h_ptr + offs, mask=m, other=0.0).to(tl.float32) + b[None, :]
-        a = 0.5 * z * (1.0 + tl.math.erf(z * 0.7071067811865476))
+        if POLY:
+            a = z * _cdf(z, tl.exp(-0.5 * z * z), POLY)
+        else:
+            a = z * _cdf(z, z, POLY)
         tl.store(a_ptr + offs, a.to(a_ptr.dtype.element_ty), mask=m)
 
     @triton.jit
     def _gelu_bwd_kernel(da_ptr, h_ptr, b_ptr, dh_ptr, db_ptr, n_rows, n_cols,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ITERS: tl.constexpr, BIG: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ITERS: tl.constexpr, BIG: tl.constexpr,
+                    POLY: tl.constexpr):
         stripe = tl.program_id(0)
         cols = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         col_ok = cols < n_cols
@@ -102,8 +121,9 @@ if triton is not None:
             offs, m = _offsets(rows, cols, n_rows, n_cols, BIG)
             z = tl.load(h_ptr + offs, mask=m, other=0.0).to(tl.float32) + b[None, :]
             da = tl.load(da_ptr + offs, mask=m, other=0.0).to(tl.float32)
-            cdf = 0.5 * (1.0 + tl.math.erf(z * 0.7071067811865476))
-            pdf = tl.exp(-0.5 * z * z) * 0.3989422804014327
+            e = tl.exp(-0.5 * z * z)
+            cdf = _cdf(z, e, POLY)
+            pdf = e * 0.3989422804014327
             dz = da * (cdf + z * pdf)  # masked lanes: da = 0, so dz = 0 and the sums skip them
             tl.store(dh_ptr + offs, dz.to(dh_ptr.dtype.element_ty), mask=m)
             acc += dz
@@ -116,10 +136,22 @@ if triton is not None:
 # one do_bench each): forward 4 x 1024, 4 warps, 0.279 ms (16 x 256: 0.289; the nine shapes
 # 0.28-0.41 ms); backward 16 x 256, 8 warps, 256-row stripes, 0.455 ms (4 warps: 0.467; 128- or
 # 512-row stripes: 0.52-0.54). Flat across layouts at ~2.7-2.8 TB/s, as Inductor's own GELU
-# kernels: the erf (and exp) arithmetic, not the layout, looks like the limit (not profiled).
-# `set_tiles` installs another shape.
+# kernels: the erf (and exp) arithmetic, not the layout, is the limit (the same kernels without
+# the GELU arithmetic: forward 0.202, backward 0.333 ms; lead's call, session 5).
+# `set_tiles` installs another shape. erf_poly: 1 = bf16/fp16 inputs take the branch-free erf of
+# `_cdf` (its error, ~2 fp32 ulps, is far below their rounding: on an H200 at the training shape it
+# changed 0.34% of the bf16 outputs by one rounding step, forward 0.231 vs 0.280 ms, backward
+# 0.387 vs 0.448, step 82.3 vs 83.4 ms, loss curve within tolerance; docs/benchmarks.md session 5);
+# fp32 and fp64 inputs take libdevice's erff. 0 = libdevice's erff for every dtype; 2 = the
+# polynomial for every dtype (tests check its math in fp32).
 TILES = {"fwd_rows": 4, "fwd_cols": 1024, "fwd_warps": 4,
-         "bwd_rows": 16, "bwd_cols": 256, "bwd_warps": 8, "bwd_rows_per_stripe": 256}
+         "bwd_rows": 16, "bwd_cols": 256, "bwd_warps": 8, "bwd_rows_per_stripe": 256,
+         "erf_poly": 1}
+
+
+def _poly(t: Tensor) -> bool:
+    mode = TILES["erf_poly"]
+    return mode == 2 or (mode == 1 and t.dtype in (torch.bfloat16, torch.float16))
 
 
 set_tiles = tiles_setter(TILES)  # set_tiles(**changes) -> the previous launch shape
@@ -149,7 +181,8 @@ def triton_forward(h0: Tensor, bias: Tensor) -> Tensor:
     bm, bn = TILES["fwd_rows"], _cols_block(H, TILES["fwd_cols"])
     big = (triton.cdiv(N, bm) * bm) * H > MAX_INT32
     _gelu_fwd_kernel[(triton.cdiv(N, bm), triton.cdiv(H, bn))](
-        h2, bias.contiguous(), a, N, H, BLOCK_M=bm, BLOCK_N=bn, BIG=big, num_warps=TILES["fwd_warps"])
+        h2, bias.contiguous(), a, N, H, BLOCK_M=bm, BLOCK_N=bn, BIG=big, POLY=_poly(h0),
+        num_warps=TILES["fwd_warps"])
     return a.view(h0.shape)
 
 
@@ -164,7 +197,7 @@ def triton_backward(da: Tensor, h0: Tensor, bias: Tensor) -> tuple[Tensor, Tenso
     db_part = torch.empty((stripes, H), device=h0.device, dtype=torch.float32)
     _gelu_bwd_kernel[(stripes, triton.cdiv(H, bn))](
         da2, h2, bias.contiguous(), dh, db_part, N, H,
-        BLOCK_M=bm, BLOCK_N=bn, ITERS=iters, BIG=big, num_warps=TILES["bwd_warps"])
+        BLOCK_M=bm, BLOCK_N=bn, ITERS=iters, BIG=big, POLY=_poly(h0), num_warps=TILES["bwd_warps"])
     return dh.view(h0.shape), partial_sums.column_sums(db_part.view(stripes, 1, H), (bias.dtype,))[0]
 
 
