@@ -34,6 +34,15 @@ def run(model, masked, mask, labels, **kw):
     return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
+
+def model_and_optimizer(cfg, master: bool):
+    """A fresh model (seed 0, train mode) and AdamW (fp32 masters when `master`)."""
+    torch.manual_seed(0)
+    model = VQDNAForMaskedLM(cfg).train()
+    params = [{"params": list(model.parameters()), "weight_decay": 0.01}]
+    opt = (MasterWeightAdamW if master else torch.optim.AdamW)(params, lr=1e-3, betas=(0.9, 0.98))
+    return model, opt
+
 def test_targets_per_row_is_the_masking_count():
     cfg = VQDNAConfig(levels=1, vocab_sizes=[20], **TINY)
     for T, ratio in ((24, 0.25), (256, 0.25), (32, 0.15), (3, 0.25), (101, 0.3)):
@@ -96,11 +105,7 @@ def test_train_step_equals_a_hand_written_step(master):
     K = targets_per_row(23, 0.25)
 
     def fresh():
-        torch.manual_seed(0)
-        model = VQDNAForMaskedLM(cfg).train()
-        params = [{"params": list(model.parameters()), "weight_decay": 0.01}]
-        opt = (MasterWeightAdamW if master else torch.optim.AdamW)(params, lr=1e-3, betas=(0.9, 0.98))
-        return model, opt
+        return model_and_optimizer(cfg, master)
 
     model, opt = fresh()
     step = TrainStep(model, opt, accum=2, grad_clip=0.5, master_weights=master, targets_per_row=K)
@@ -195,10 +200,7 @@ def test_snapshot_undoes_steps_exactly(master):
     K = targets_per_row(23, 0.25)
 
     def fresh():
-        torch.manual_seed(0)
-        model = VQDNAForMaskedLM(cfg).train()
-        params = [{"params": list(model.parameters()), "weight_decay": 0.01}]
-        opt = (MasterWeightAdamW if master else torch.optim.AdamW)(params, lr=1e-3, betas=(0.9, 0.98))
+        model, opt = model_and_optimizer(cfg, master)
         return model, opt, TrainStep(model, opt, accum=2, grad_clip=0.5, master_weights=master, targets_per_row=K)
 
     def train(step, steps):

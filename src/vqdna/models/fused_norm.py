@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import partial_sums
-from .launch_shapes import tiles_setter
+from .launch_shapes import persistent_grid, tiles_setter
 
 try:  # Triton ships with CUDA builds of PyTorch; CPU-only installs take the reference path
     import triton
@@ -388,10 +388,7 @@ def triton_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype, y_
     # persistent programs, each looping over a stripe of rows with its weight/bias-gradient
     # partial sums in registers; one small sum over programs at the end (CPU tensors only under
     # Triton's interpreter, in the kernel tests)
-    sms = torch.cuda.get_device_properties(s.device).multi_processor_count if s.is_cuda else 2
-    n_prog = max(1, min(triton.cdiv(N, block_m), TILES["bwd_progs_per_sm"] * sms))
-    rows_per_prog = triton.cdiv(triton.cdiv(N, n_prog), block_m) * block_m
-    n_prog = triton.cdiv(N, rows_per_prog)
+    n_prog, rows_per_prog = persistent_grid(N, block_m, TILES["bwd_progs_per_sm"], s.device)
     has_yb = y_bias_dtype is not None
     # the weight, bias (and y-bias) gradient partials side by side, one row per program: one
     # finishing reduction for all of them (partial_sums), not one per gradient

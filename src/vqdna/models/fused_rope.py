@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from . import partial_sums
-from .launch_shapes import tiles_setter
+from .launch_shapes import persistent_grid, tiles_setter
 from .fused_norm import MAX_ELEMENTS, triton, triton_available
 
 if triton is not None:
@@ -253,10 +253,7 @@ def triton_backward(dq: Tensor, dk: Tensor, dv: Tensor, cos: Tensor, sin: Tensor
     dqkv = torch.empty((B, T, 3, nh, d), device=dq.device, dtype=dq.dtype)
     nhp, halfp = _pads(nh, d)
     block_r = TILES["bwd_rows"]
-    sms = torch.cuda.get_device_properties(dq.device).multi_processor_count if dq.is_cuda else 2
-    n_prog = max(1, min(triton.cdiv(N, block_r), TILES["bwd_progs_per_sm"] * sms))
-    rows_per_prog = triton.cdiv(triton.cdiv(N, n_prog), block_r) * block_r
-    n_prog = triton.cdiv(N, rows_per_prog)
+    n_prog, rows_per_prog = persistent_grid(N, block_r, TILES["bwd_progs_per_sm"], dq.device)
     has_bias = bias_dtype is not None
     part = torch.empty((n_prog, 3 * nh * d) if has_bias else (1,), device=dq.device, dtype=torch.float32)
     _rope_bwd_kernel[(n_prog,)](

@@ -20,3 +20,16 @@ def update_tiles(table: dict, **tiles) -> dict:
 def tiles_setter(table: dict):
     """`set_tiles(**tiles) -> previous` for one op's TILES table."""
     return functools.partial(update_tiles, table)
+
+
+def persistent_grid(n_rows: int, block_rows: int, progs_per_sm: int, device) -> tuple[int, int]:
+    """(programs, rows a program walks) of a persistent backward kernel: at most `progs_per_sm`
+    programs a multiprocessor (2 "multiprocessors" off CUDA: Triton's CPU interpreter in tests),
+    each walking a stripe of whole row blocks."""
+    import torch
+    import triton
+
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 2
+    n_prog = max(1, min(triton.cdiv(n_rows, block_rows), progs_per_sm * sms))
+    rows_per_prog = triton.cdiv(triton.cdiv(n_rows, n_prog), block_rows) * block_rows
+    return triton.cdiv(n_rows, rows_per_prog), rows_per_prog
