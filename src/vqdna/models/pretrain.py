@@ -67,6 +67,7 @@ class PretrainSettings:
     fused_rope: bool = False
     fused_gelu: bool = False
     cuda_graphs: bool = False
+    deterministic: bool = False
     train_split: str = "train"
     eval_split: str | None = "valid"
     eval_batches: int = 4
@@ -118,11 +119,39 @@ def run(args, cfg) -> int:
 def pretrain(tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name: str | None = None,
              checkpoint_dir=None, stop_after: int | None = None, track: bool = True) -> dict:
     """Train and save `out_dir`. `stop_after=k` ends the job right after step k's checkpoint
-    without saving the model (tests use it to simulate a kill). Returns the final metrics."""
+    without saving the model (tests use it to simulate a kill). Returns the final metrics.
+    `pretrain.deterministic`: torch's deterministic kernels for the job (the previous settings
+    are put back when it returns)."""
+    settings = PretrainSettings.from_config(cfg)
+    if not settings.deterministic:
+        return _pretrain(settings, tokens_dir, tokenizer_dir, out_dir, cfg, name=name,
+                         checkpoint_dir=checkpoint_dir, stop_after=stop_after, track=track)
+    from ..seeding import deterministic_kernels
+
+    # first, before any CUDA work: cuBLAS takes its workspace config when it starts
+    restore = deterministic_kernels(warn_only=False)
+    try:
+        return _pretrain(settings, tokens_dir, tokenizer_dir, out_dir, cfg, name=name,
+                         checkpoint_dir=checkpoint_dir, stop_after=stop_after, track=track)
+    except RuntimeError as exc:
+        if NO_DETERMINISTIC_KERNEL not in str(exc):
+            raise
+        raise ConfigError(f"pretrain.deterministic is on, but an op of this run has no deterministic kernel "
+                          f"on this device ({str(exc).split('. ')[0]}): the run cannot repeat bitwise; set "
+                          f"pretrain.deterministic: false to train with torch's default kernels") from exc
+    finally:
+        restore()
+
+
+# the words torch's error for an op without a deterministic kernel starts with (after the op's name)
+NO_DETERMINISTIC_KERNEL = "does not have a deterministic implementation"
+
+
+def _pretrain(settings: PretrainSettings, tokens_dir, tokenizer_dir, out_dir, cfg: dict, *, name, checkpoint_dir,
+              stop_after, track) -> dict:
     from ..tokenizers import load_tokenizer
     from ..tokens.tokenize import resolve_device
 
-    settings = PretrainSettings.from_config(cfg)
     seed = int(cfg.get("seed", 0))
     out_dir = Path(out_dir)
     name = name or out_dir.name
