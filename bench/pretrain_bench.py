@@ -39,6 +39,12 @@ vqdna variants (`VARIANTS` below):
   *_nofold             the fused add+dropout+LayerNorm op without out_proj's and fc2's biases
                        folded in (EncoderLayer.fold_bias off: session 4's fused path)
   *_bhtd               the RoPE op writing q, k, v as [B, heads, T, d] (fused_rope.LAYOUT)
+  *_static_rope_gelu   TrainStep's eager path with all three fused ops: paper.yaml's step (cuda_graphs
+                       off, as under DDP)
+  *_det                the same under torch's deterministic algorithms, strict
+                       (pretrain.deterministic; vqdna.seeding.deterministic_kernels): compiled with
+                       Inductor's deterministic mode too. CUBLAS_WORKSPACE_CONFIG is read when cuBLAS
+                       starts: export :4096:8 for the process (torch's default workspace on sm90)
   *_s5ktiles           the fused norm op with session 5 helper K's launch shapes and torch's
                        partial-sum finish, whatever the tile sweep installed for the other runs
 
@@ -108,6 +114,13 @@ for _suffix, _kernels in (("_rope", {"fused_rope": True}), ("_gelu", {"fused_gel
                           ("_rope_gelu", {"fused_rope": True, "fused_gelu": True})):
     VARIANTS["vqdna_bf16_fused_cg" + _suffix] = dict(VARIANTS["vqdna_bf16_fused_cg"], kernels=_kernels)
     VARIANTS["vqdna_bf16_fused_cg" + _suffix + "_seed1"] = dict(VARIANTS["vqdna_bf16_fused_cg" + _suffix], dropout_seed=1)
+# paper.yaml's step (`vqdna pretrain` with cuda_graphs off, as under DDP): TrainStep's eager path
+# with all three fused ops
+VARIANTS["vqdna_bf16_fused_static_rope_gelu"] = dict(VARIANTS["vqdna_bf16_fused_static"],
+                                                     kernels={"fused_rope": True, "fused_gelu": True})
+# the same under torch's deterministic algorithms (pretrain.deterministic: vqdna.seeding.deterministic_kernels)
+for _name in ("vqdna_bf16_fused_static_rope_gelu", "vqdna_bf16_fused_cg_rope_gelu"):
+    VARIANTS[_name + "_det"] = dict(VARIANTS[_name], deterministic=True)
 # keys that change what torch.compile produces: a run whose keys differ from the previous run's
 # resets dynamo's caches (compiled code is cached per function, and config is not guarded)
 VARIANTS["vqdna_bf16_fused_cg_nofold"] = dict(VARIANTS["vqdna_bf16_fused_cg"], fold_bias=False)
@@ -127,7 +140,7 @@ S5K_NORM_TILES = {"fwd_rows": 1, "fwd_warps": 1, "bwd_rows": 1, "bwd_warps": 1, 
 VARIANTS["vqdna_bf16_fused_cg_rope_s5ktiles"] = dict(VARIANTS["vqdna_bf16_fused_cg_rope"], norm_tiles=S5K_NORM_TILES,
                                                      partial_sums="torch")
 COMPILE_KEYS = ("compile", "fp8", "fp8_recipe", "fused", "kernels", "rope_separate", "functionalize_rng", "inductor", "compile_mode", "bf16",
-                "static", "cuda_graphs", "fold_bias", "rope_layout")
+                "static", "cuda_graphs", "fold_bias", "rope_layout", "deterministic")
 
 DEFAULT_RUNS = ("stock@256:30,vqdna_bf16@256:200,vqdna_fp8@256:200,vqdna_fp8_rowwise@256:200,"
                 "vqdna_bf16_seed1@256:200,stock@512:20")
@@ -323,6 +336,10 @@ def run_variant(name, batch, steps, args, arch, vocab, device, batches) -> dict:
             from vqdna.models import fused_gelu
 
             restore.callback(fused_gelu.set_tiles, **fused_gelu.set_tiles(**spec["gelu_tiles"]))
+        if spec.get("deterministic"):  # before the first step: Inductor reads the mode when it compiles
+            from vqdna.seeding import deterministic_kernels
+
+            restore.callback(deterministic_kernels(warn_only=False))
         if spec.get("partial_sums"):
             from vqdna.models import partial_sums
 

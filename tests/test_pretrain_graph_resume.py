@@ -1,22 +1,28 @@
-"""`pretrain.cuda_graphs` resumes exactly (CUDA only): a graphed run killed after a checkpoint and
+"""`pretrain.cuda_graphs` and `pretrain.deterministic` resume exactly (CUDA only): a graphed run killed after a checkpoint and
 resumed in a new model / optimizer / TrainStep (built as `vqdna pretrain` builds them: bf16 weights
 with fp32 masters, compiled blocks, checkpoint loaded before compiling) ends bitwise where the
 uninterrupted run ends - weights, masters, AdamW state and every step's loss - in training mode with
 dropout on; and the uninterrupted graphed run is repeatable. Both need deterministic kernels
-(`deterministic_kernels`): without them CUDA training is not repeatable, eager or graphed. No
-vqdna.cli / mlflow imports: the GPU image lacks them."""
+(`deterministic_kernels`, the helper `pretrain.deterministic` turns on): without them CUDA training
+is not repeatable, eager or graphed. And `vqdna pretrain`'s job itself (`pretrain()`, paper.yaml's
+kernel settings, tiny) with `pretrain.deterministic` on, killed after a checkpoint and resumed,
+saves the same model bitwise as the uninterrupted job, eager or graphed. No vqdna.cli / mlflow
+imports: the GPU image lacks them."""
 
 from __future__ import annotations
 
 import io
+import json
 import os
 
+import numpy as np
 import pytest
 import torch
 
+from vqdna import seeding
 from vqdna.models import VQDNAConfig, VQDNAForMaskedLM, special_token_ids
 from vqdna.models.masking import mask_tokens, targets_per_row
-from vqdna.models.pretrain import PretrainSettings, _mix, _optimizer
+from vqdna.models.pretrain import PretrainSettings, _mix, _optimizer, pretrain
 from vqdna.models.schedule import warmup_cosine
 from vqdna.models.train_step import TrainStep
 
@@ -45,21 +51,21 @@ def compile_every_model(monkeypatch):
 
 
 @pytest.fixture
-def deterministic_kernels(monkeypatch):
-    """torch's deterministic algorithms for the test. Without them two uninterrupted CUDA runs
-    already differ, graphs or not: measured on an H200 (torch 2.11) at BERT-base width, fused op,
-    2 micro-batches, two eager runs part in the loss from step 3 and two graphed runs from step 4,
-    145 of 190 weight/master/AdamW tensors differing after 7 steps (in a tiny run the first tensor
-    to differ was an embedding table's fp32 master). Some kernels' sums depend on thread timing
-    (atomics); deterministic mode swaps those for ordered ones (which of them matter here was not
-    isolated), and under it the runs repeated and resumed bitwise (H200: the BERT-base-wide case
-    and the tiny fused 2-micro-batch case). `warn_only`: an op with no deterministic kernel warns.
-    cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it starts: export it before the process runs."""
-    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    before = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True, warn_only=True)
+def deterministic_kernels():
+    """torch's deterministic algorithms for the test, through the helper `vqdna pretrain` uses for
+    `pretrain.deterministic` (strict; vqdna.seeding.deterministic_kernels). Without them two
+    uninterrupted CUDA runs already differ, graphs or not: measured on an H200 (torch 2.11) at
+    BERT-base width, fused op, 2 micro-batches, two eager runs part in the loss from step 3 and two
+    graphed runs from step 4, 145 of 190 weight/master/AdamW tensors differing after 7 steps (in a
+    tiny run the first tensor to differ was an embedding table's fp32 master). Some kernels' sums
+    depend on thread timing (atomics); deterministic mode swaps those for ordered ones (which of
+    them matter here was not isolated), and under it the runs repeated and resumed bitwise (H200,
+    session 5 in warn-only mode: the BERT-base-wide case and the tiny fused 2-micro-batch case).
+    cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it starts: export it before the process runs (the
+    helper sets it where unset, too late if cuBLAS already ran; :4096:8 is sm90's default anyway)."""
+    restore = seeding.deterministic_kernels(warn_only=False)
     yield
-    torch.use_deterministic_algorithms(before[0], warn_only=before[1])
+    restore()
 
 
 def make_data(cfg, rows, length, accum):
@@ -166,3 +172,62 @@ def test_graphed_resume_equals_uninterrupted(fused, accum, attention_dropout, sh
     whole[2](data[STEPS], 1e-4, [11] * accum)
     resumed[2](data[STEPS], 1e-4, [12] * accum)
     assert not all(torch.equal(x, y) for x, y in zip(whole[0].parameters(), resumed[0].parameters()))
+
+
+# ---- the pretraining job itself ---------------------------------------------------------------
+
+JOB_VOCAB, JOB_WINDOW = 16, 64
+
+
+@pytest.fixture(scope="module")
+def job_data(tmp_path_factory):
+    """A tiny VQ tokenizer (random codebook) and fixed-rate token files of random ids for it:
+    what `vqdna pretrain` reads, without the genome data (not on the GPU machine)."""
+    from test_tokens_data import tiny_vq_tokenizer
+    from vqdna.tokens.format import FORMAT, id_dtype
+
+    root = tmp_path_factory.mktemp("deterministic_job")
+    tokenizer = tiny_vq_tokenizer("vq")
+    tokenizer.save_pretrained(root / "tok")
+    assert list(tokenizer.vocab_sizes) == [JOB_VOCAB]
+    (root / "tokens").mkdir()
+    rows = 64
+    ids = np.random.default_rng(0).integers(0, JOB_VOCAB, size=(rows, JOB_WINDOW, 1)).astype(id_dtype([JOB_VOCAB]))
+    ids.tofile(root / "tokens" / "train.bin")
+    meta = dict(split="train", tokenizer="vq", tokenizer_kind="vq", tokenizer_sha256="0" * 64,
+                dtype=str(ids.dtype), levels=1, vocab_sizes=[JOB_VOCAB], pad_ids=[JOB_VOCAB], window_nt=4 * JOB_WINDOW,
+                tokens_per_window=JOB_WINDOW, fixed_rate=True, count=rows, shards=[], format=FORMAT)
+    (root / "tokens" / "train.meta.json").write_text(json.dumps(meta))
+    return root
+
+
+@pytest.fixture
+def default_mode_after():
+    """pretrain() puts the previous kernel settings back: the test starts and must end in torch's default."""
+    torch.use_deterministic_algorithms(False)
+    yield
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+@pytest.mark.parametrize("cuda_graphs", [False, True])
+def test_deterministic_job_resumed_saves_what_the_whole_job_saves(job_data, tmp_path, cuda_graphs,
+                                                                   default_mode_after):
+    from safetensors.torch import load_file
+
+    cfg = {"seed": 0, "device": "cuda", "pretrain": {
+        "model": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 128,
+                  "hidden_dropout_prob": 0.1},
+        "max_len": JOB_WINDOW, "steps": STEPS, "batch_size": 16, "micro_batch_size": 8, "lr": 1e-3,
+        "warmup_steps": 2, "precision": "bf16_weights", "compile": True, "fused_dropout_norm": True,
+        "fused_rope": True, "fused_gelu": True, "cuda_graphs": cuda_graphs, "deterministic": True,
+        "eval_split": None, "log_every": 1, "checkpoint_every": KILL}}
+    tok, tokens = job_data / "tok", job_data / "tokens"
+    whole = pretrain(tokens, tok, tmp_path / "whole", cfg, track=False)
+    pretrain(tokens, tok, tmp_path / "resumed", cfg, track=False, stop_after=KILL)
+    assert not (tmp_path / "resumed").exists() and (tmp_path / "resumed.ckpt" / "last.pt").exists()
+    resumed = pretrain(tokens, tok, tmp_path / "resumed", cfg, track=False)
+    assert resumed["resumed_from_step"] == KILL
+    a, b = load_file(tmp_path / "whole" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    diffs = [k for k in a if not torch.equal(a[k], b[k])]
+    assert a.keys() == b.keys() and not diffs, f"{len(diffs)} of {len(a)} tensors differ: {diffs[:12]}"
+    assert resumed["loss"] == whole["loss"]  # the last step's loss (log_every 1)
