@@ -1,6 +1,6 @@
 # vqdna: reproduce the VQDNA paper. Logic lives in src/vqdna; rules stay thin.
 # snakemake -c2 all                                       # embedded demo (config/config.yaml)
-# snakemake --profile slurm all                          # the paper on a cluster (the profile selects config/paper.yaml)
+# snakemake --profile slurm all --configfile config/paper.yaml   # the paper on a cluster
 
 
 include: "workflow/rules/common.smk"

