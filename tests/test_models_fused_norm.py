@@ -260,12 +260,16 @@ def test_triton_kernels_under_the_cpu_interpreter():
         # the default launch shape and others (several rows per program / per warp, loop stages)
         from vqdna.models import partial_sums as ps
         # the last two: one row over 4 warps with a register cap, and the partial sums finished
-        # by the Triton kernel (the session-5 sweep's candidates)
-        cases = [(13, 96, 0.2, {}), (13, 300, 0.2, dict(fwd_rows=2, fwd_warps=2, bwd_rows=2, bwd_warps=1)),
-                 (9, 520, 0.3, dict(fwd_rows=4, fwd_warps=4, bwd_rows=4, bwd_warps=4, bwd_progs_per_sm=1)),
+        # by the Triton kernel (the session-5 sweep's candidates); the backward's load orders
+        # (bwd_loads, bwd_stages, bwd_rand_first: session 6) across the cases
+        cases = [(13, 96, 0.2, {}), (13, 300, 0.2, dict(fwd_rows=2, fwd_warps=2, bwd_rows=2, bwd_warps=1, bwd_loads=0,
+                                                       bwd_stages=1)),
+                 (9, 520, 0.3, dict(fwd_rows=4, fwd_warps=4, bwd_rows=4, bwd_warps=4, bwd_progs_per_sm=1, bwd_loads=2,
+                                    bwd_rand_first=1, bwd_stages=3)),
                  (21, 300, 0.2, dict(fwd_rows=1, fwd_warps=1, bwd_rows=1, bwd_warps=4, bwd_progs_per_sm=3,
-                                     bwd_maxnreg=128, finish="triton")),
-                 (13, 96, 0.2, dict(bwd_rows=1, bwd_warps=1, bwd_progs_per_sm=16, bwd_maxnreg=0, finish="triton"))]
+                                     bwd_maxnreg=128, bwd_loads=1, bwd_rand_first=0, finish="triton")),
+                 (13, 96, 0.2, dict(bwd_rows=1, bwd_warps=1, bwd_progs_per_sm=16, bwd_maxnreg=0, bwd_loads=2,
+                                    bwd_stages=2, finish="triton"))]
         for N, H, p, tiles in cases:
             tiles = dict(tiles)
             ps.set_mode(tiles.pop("finish", "torch"))

@@ -222,8 +222,13 @@ def test_triton_kernels_under_the_cpu_interpreter():
         from vqdna.models.positions import apply_rope, rope_tables
         from test_models_fused_rope import plain
 
-        cases = [(2, 7, 4, 16, True, "bthd", {}), (3, 5, 3, 12, True, "bhtd", dict(fwd_rows=4, bwd_rows=2, bwd_progs_per_sm=1)),
-                 (1, 9, 2, 8, False, "bthd", dict(fwd_rows=1, fwd_warps=1, bwd_rows=4, bwd_warps=4))]
+        # bwd_loads_first / bwd_stages: the backward's load order (session 6)
+        cases = [(2, 7, 4, 16, True, "bthd", {}),
+                 (3, 5, 3, 12, True, "bhtd", dict(fwd_rows=4, bwd_rows=2, bwd_progs_per_sm=1, bwd_loads_first=0)),
+                 (1, 9, 2, 8, False, "bthd", dict(fwd_rows=1, fwd_warps=1, bwd_rows=4, bwd_warps=4, bwd_loads_first=1,
+                                                  bwd_stages=2)),
+                 (2, 9, 3, 12, True, "bthd", dict(bwd_rows=1, bwd_warps=2, bwd_progs_per_sm=2, bwd_loads_first=0,
+                                                  bwd_stages=3))]
         for B, T, nh, d, with_bias, layout, tiles in cases:
             fr.set_tiles(**tiles)
             qkv = torch.randn(B, T, 3, nh, d)

@@ -184,23 +184,41 @@ if triton is not None:
         tl.store(rstd_ptr + rows, rstd, mask=row_ok)
 
     @triton.jit
-    def _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, chunk: tl.constexpr, Q: tl.constexpr, n_cols, mean, rstd):
+    def _load_row(ptr, rows, row_ok, lanes, chunk: tl.constexpr, Q: tl.constexpr, n_cols):
+        """One chunk of a block of rows as stored (no conversion): what the prefetch carries."""
+        cols = chunk * Q + lanes
+        m = row_ok[:, None] & (cols < n_cols)[None, :]
+        return tl.load(ptr + rows[:, None] * n_cols + cols[None, :], mask=m, other=0.0)
+
+    @triton.jit
+    def _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, chunk: tl.constexpr, Q: tl.constexpr, n_cols, mean, rstd,
+                   s_raw, dh_raw, LOADED: tl.constexpr):
+        # LOADED: s and dh of this chunk were loaded earlier (s_raw, dh_raw: the prefetch)
         cols = chunk * Q + lanes
         col_ok = cols < n_cols
         m = row_ok[:, None] & col_ok[None, :]
         offs = rows[:, None] * n_cols + cols[None, :]
-        s = tl.load(s_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        if LOADED:
+            s = s_raw.to(tl.float32)
+        else:
+            s = tl.load(s_ptr + offs, mask=m, other=0.0).to(tl.float32)
         xhat = tl.where(m, (s - mean[:, None]) * rstd[:, None], 0.0)
-        dh = tl.load(dh_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        if LOADED:
+            dh = dh_raw.to(tl.float32)
+        else:
+            dh = tl.load(dh_ptr + offs, mask=m, other=0.0).to(tl.float32)
         w = tl.load(w_ptr + cols, mask=col_ok, other=0.0).to(tl.float32)
         return xhat, dh, dh * w[None, :], m, offs
 
     @triton.jit
-    def _store_grad(ds_ptr, dx_ptr, dy_ptr, xhat, g, m, offs, c1, c2, rstd, r, p, scale,
-                    HAS_DROPOUT: tl.constexpr, HAS_DS: tl.constexpr):
+    def _store_grad(ds_ptr, dx_ptr, dy_ptr, xhat, g, m, offs, c1, c2, rstd, r, p, scale, ds_raw,
+                    HAS_DROPOUT: tl.constexpr, HAS_DS: tl.constexpr, DS_LOADED: tl.constexpr):
         dsum = (g - c2[:, None] - xhat * c1[:, None]) * rstd[:, None]
         if HAS_DS:
-            dsum += tl.load(ds_ptr + offs, mask=m, other=0.0).to(tl.float32)
+            if DS_LOADED:
+                dsum += ds_raw.to(tl.float32)
+            else:
+                dsum += tl.load(ds_ptr + offs, mask=m, other=0.0).to(tl.float32)
         tl.store(dx_ptr + offs, dsum.to(dx_ptr.dtype.element_ty), mask=m)
         if HAS_DROPOUT:
             dsum = tl.where(r >= p, dsum * scale, 0.0)
@@ -208,14 +226,40 @@ if triton is not None:
         return dsum  # the gradient w.r.t. y + b in fp32 (zero on masked-off lanes): the y-bias partial sums
 
     @triton.jit
+    def _load_rows(s_ptr, dh_ptr, ds_ptr, rows, row_ok, lanes, chunk: tl.constexpr, Q: tl.constexpr, n_cols,
+                   HAS_DS: tl.constexpr, NCHUNK: tl.constexpr):
+        """s, dh, ds of one chunk as stored (ds: 0.0 without it, or past the row's chunks)."""
+        if chunk < NCHUNK:
+            s = _load_row(s_ptr, rows, row_ok, lanes, chunk, Q, n_cols)
+            dh = _load_row(dh_ptr, rows, row_ok, lanes, chunk, Q, n_cols)
+            if HAS_DS:
+                ds = _load_row(ds_ptr, rows, row_ok, lanes, chunk, Q, n_cols)
+            else:
+                ds = 0.0
+        else:
+            s, dh, ds = 0.0, 0.0, 0.0
+        return s, dh, ds
+
+    @triton.jit
     def _bwd_kernel(dh_ptr, ds_ptr, s_ptr, w_ptr, mean_ptr, rstd_ptr, seed_ptr,
                     dx_ptr, dy_ptr, dw_ptr, db_ptr, dyb_ptr,
                     n_rows, n_cols, rows_per_prog, part_stride, p, scale,
                     BLOCK_M: tl.constexpr, Q: tl.constexpr, NCHUNK: tl.constexpr,
-                    HAS_DROPOUT: tl.constexpr, HAS_DS: tl.constexpr, ROUNDS: tl.constexpr, HAS_YB: tl.constexpr):
+                    HAS_DROPOUT: tl.constexpr, HAS_DS: tl.constexpr, ROUNDS: tl.constexpr, HAS_YB: tl.constexpr,
+                    STAGES: tl.constexpr, LOADS: tl.constexpr, RAND_FIRST: tl.constexpr):
         # a persistent program walks a stripe of rows, BLOCK_M at a time; its weight/bias-gradient
         # partial sums stay [BLOCK_M, Q] register tiles (reduced over rows once, at the end: no
-        # cross-warp reduction inside the loop)
+        # cross-warp reduction inside the loop).
+        # When the loads are issued (TILES bwd_loads, bwd_stages, bwd_rand_first; same arithmetic
+        # in every combination). LOADS 0: s and dh chunk by chunk before the row sums, ds chunk by
+        # chunk after them, each behind the previous chunk's stores, which the compiler cannot move
+        # a load above (they may alias): up to NCHUNK + 1 memory latencies a row, one after the
+        # other. 1: ds loaded with s and dh. 2: s, dh, ds of all chunks issued at the top of the
+        # iteration, before any arithmetic (loading the next rows' a whole iteration ahead in
+        # registers was slower: spills, session 6). STAGES > 1: Triton's pipeliner stages the
+        # loop's loads through shared memory STAGES - 1 iterations ahead. RAND_FIRST: the Philox
+        # draws right after the loads are issued (ALU work while they are in flight) instead of
+        # after the row sums.
         pid = tl.program_id(0)
         lanes = tl.arange(0, Q)
         dw0 = tl.zeros([BLOCK_M, Q], dtype=tl.float32)
@@ -234,51 +278,81 @@ if triton is not None:
         first = pid * rows_per_prog
         end = tl.minimum(first + rows_per_prog, n_rows)
         seed = tl.load(seed_ptr)
-        for r0_ in range(first, end, BLOCK_M):
+        for r0_ in tl.range(first, end, BLOCK_M, num_stages=STAGES):
             rows = r0_ + tl.arange(0, BLOCK_M)
             row_ok = rows < end
             mean = tl.load(mean_ptr + rows, mask=row_ok, other=0.0)
             rstd = tl.load(rstd_ptr + rows, mask=row_ok, other=0.0)
-            x0, h0, g0, m0, o0 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 0, Q, n_cols, mean, rstd)
+            if LOADS == 2:
+                s0r, h0r, d0r = _load_rows(s_ptr, dh_ptr, ds_ptr, rows, row_ok, lanes, 0, Q, n_cols, HAS_DS, NCHUNK)
+                s1r, h1r, d1r = _load_rows(s_ptr, dh_ptr, ds_ptr, rows, row_ok, lanes, 1, Q, n_cols, HAS_DS, NCHUNK)
+                s2r, h2r, d2r = _load_rows(s_ptr, dh_ptr, ds_ptr, rows, row_ok, lanes, 2, Q, n_cols, HAS_DS, NCHUNK)
+                s3r, h3r, d3r = _load_rows(s_ptr, dh_ptr, ds_ptr, rows, row_ok, lanes, 3, Q, n_cols, HAS_DS, NCHUNK)
+            else:  # s and dh loaded by _load_grad; ds here (LOADS 1) or by _store_grad (0)
+                s0r, s1r, s2r, s3r = 0.0, 0.0, 0.0, 0.0
+                h0r, h1r, h2r, h3r = 0.0, 0.0, 0.0, 0.0
+                d0r, d1r, d2r, d3r = 0.0, 0.0, 0.0, 0.0
+                if LOADS == 1:
+                    _, _, d0r = _load_rows(s_ptr, dh_ptr, ds_ptr, rows, row_ok, lanes, 0, Q, n_cols, HAS_DS, NCHUNK)
+                    _, _, d1r = _load_rows(s_ptr, dh_ptr, ds_ptr, rows, row_ok, lanes, 1, Q, n_cols, HAS_DS, NCHUNK)
+                    _, _, d2r = _load_rows(s_ptr, dh_ptr, ds_ptr, rows, row_ok, lanes, 2, Q, n_cols, HAS_DS, NCHUNK)
+                    _, _, d3r = _load_rows(s_ptr, dh_ptr, ds_ptr, rows, row_ok, lanes, 3, Q, n_cols, HAS_DS, NCHUNK)
+            if RAND_FIRST:
+                if HAS_DROPOUT:
+                    q0, q1, q2, q3 = tl.rand4x(seed, rows[:, None] * Q + lanes[None, :], ROUNDS)
+                else:
+                    q0, q1, q2, q3 = 0.0, 0.0, 0.0, 0.0
+            SD_LOADED: tl.constexpr = LOADS >= 2
+            DS_LOADED: tl.constexpr = LOADS >= 1
+            x0, h0, g0, m0, o0 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 0, Q, n_cols, mean, rstd,
+                                            s0r, h0r, SD_LOADED)
             c1 = tl.sum(x0 * g0, axis=1)
             c2 = tl.sum(g0, axis=1)
             if NCHUNK > 1:
-                x1, h1, g1, m1, o1 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 1, Q, n_cols, mean, rstd)
+                x1, h1, g1, m1, o1 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 1, Q, n_cols, mean, rstd,
+                                                s1r, h1r, SD_LOADED)
                 c1 += tl.sum(x1 * g1, axis=1)
                 c2 += tl.sum(g1, axis=1)
             if NCHUNK > 2:
-                x2, h2, g2, m2, o2 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 2, Q, n_cols, mean, rstd)
+                x2, h2, g2, m2, o2 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 2, Q, n_cols, mean, rstd,
+                                                s2r, h2r, SD_LOADED)
                 c1 += tl.sum(x2 * g2, axis=1)
                 c2 += tl.sum(g2, axis=1)
             if NCHUNK > 3:
-                x3, h3, g3, m3, o3 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 3, Q, n_cols, mean, rstd)
+                x3, h3, g3, m3, o3 = _load_grad(dh_ptr, s_ptr, w_ptr, rows, row_ok, lanes, 3, Q, n_cols, mean, rstd,
+                                                s3r, h3r, SD_LOADED)
                 c1 += tl.sum(x3 * g3, axis=1)
                 c2 += tl.sum(g3, axis=1)
             c1 = c1 / n_cols
             c2 = c2 / n_cols
-            if HAS_DROPOUT:
-                q0, q1, q2, q3 = tl.rand4x(seed, rows[:, None] * Q + lanes[None, :], ROUNDS)
-            else:
-                q0, q1, q2, q3 = 0.0, 0.0, 0.0, 0.0
-            gy0 = _store_grad(ds_ptr, dx_ptr, dy_ptr, x0, g0, m0, o0, c1, c2, rstd, q0, p, scale, HAS_DROPOUT, HAS_DS)
+            if not RAND_FIRST:
+                if HAS_DROPOUT:
+                    q0, q1, q2, q3 = tl.rand4x(seed, rows[:, None] * Q + lanes[None, :], ROUNDS)
+                else:
+                    q0, q1, q2, q3 = 0.0, 0.0, 0.0, 0.0
+            gy0 = _store_grad(ds_ptr, dx_ptr, dy_ptr, x0, g0, m0, o0, c1, c2, rstd, q0, p, scale, d0r,
+                              HAS_DROPOUT, HAS_DS, DS_LOADED)
             if HAS_YB:
                 dyb0 += gy0
             dw0 += h0 * x0
             db0 += h0
             if NCHUNK > 1:
-                gy1 = _store_grad(ds_ptr, dx_ptr, dy_ptr, x1, g1, m1, o1, c1, c2, rstd, q1, p, scale, HAS_DROPOUT, HAS_DS)
+                gy1 = _store_grad(ds_ptr, dx_ptr, dy_ptr, x1, g1, m1, o1, c1, c2, rstd, q1, p, scale, d1r,
+                                  HAS_DROPOUT, HAS_DS, DS_LOADED)
                 if HAS_YB:
                     dyb1 += gy1
                 dw1 += h1 * x1
                 db1 += h1
             if NCHUNK > 2:
-                gy2 = _store_grad(ds_ptr, dx_ptr, dy_ptr, x2, g2, m2, o2, c1, c2, rstd, q2, p, scale, HAS_DROPOUT, HAS_DS)
+                gy2 = _store_grad(ds_ptr, dx_ptr, dy_ptr, x2, g2, m2, o2, c1, c2, rstd, q2, p, scale, d2r,
+                                  HAS_DROPOUT, HAS_DS, DS_LOADED)
                 if HAS_YB:
                     dyb2 += gy2
                 dw2 += h2 * x2
                 db2 += h2
             if NCHUNK > 3:
-                gy3 = _store_grad(ds_ptr, dx_ptr, dy_ptr, x3, g3, m3, o3, c1, c2, rstd, q3, p, scale, HAS_DROPOUT, HAS_DS)
+                gy3 = _store_grad(ds_ptr, dx_ptr, dy_ptr, x3, g3, m3, o3, c1, c2, rstd, q3, p, scale, d3r,
+                                  HAS_DROPOUT, HAS_DS, DS_LOADED)
                 if HAS_YB:
                     dyb3 += gy3
                 dw3 += h3 * x3
@@ -313,7 +387,13 @@ if triton is not None:
 # at 168 (24 spilled) 220 us vs 237 us for 16 uncapped (222 registers: 9 resident warps an SM, so
 # 16 ran as two waves); every multi-warp-per-row shape was slower (1x2 318-453, 1x4 359-538 us).
 # The bench's --tile-sweep times a grid of these (bench/pretrain_bench.py FWD_TILES, BWD_TILES)
-# and `set_tiles` installs the fastest for the rest of that process.
+# and `set_tiles` installs the fastest for the rest of that process. Session 6
+# (bench/norm_rope_bwd_check.py, GPU time in a CUDA graph, finish included, [65536 x 768] bf16
+# with ds and the y bias, Triton 3.6): the backward's load order, same launch shape: session 5's
+# 210.6 us, bwd_loads 2 + bwd_stages 2 + bwd_rand_first 181.8 us (the default; bwd_loads 1 +
+# stages 2: 182.7, stages 2 alone 187.3, bwd_loads 2 alone 193.7, stages 3: 203-243; 8 programs
+# an SM uncapped 182.3-182.8, 10 x 200 regs 286, 16 x 128 regs 275-280); the same kernel without
+# dropout 152.9 us, with 7 Philox rounds 160.9 us: the generator is now a visible part of it.
 TILES = {"fwd_rows": 1, "fwd_warps": 1, "bwd_rows": 1, "bwd_warps": 1, "bwd_progs_per_sm": 12,
          # Philox rounds (10 = curand's and Triton's default); the bench times 7 (the fewest
          # Random123 reports as crush-resistant) only to see whether the generator bounds the kernels
@@ -324,7 +404,12 @@ TILES = {"fwd_rows": 1, "fwd_warps": 1, "bwd_rows": 1, "bwd_warps": 1, "bwd_prog
          # (254 + 112 bytes spilled under Triton 3.9's ptxas), so at most 9 of its warps fit on a
          # multiprocessor. A cap trades a few spills for resident warps; measured, not derived
          # (the comment above TILES). The Triton interpreter ignores it.
-         "bwd_maxnreg": 168}
+         "bwd_maxnreg": 168,
+         # when the backward kernel issues its loads (the comment in _bwd_kernel; same arithmetic
+         # in every combination): bwd_loads 0-2 (0 = session 5's order), bwd_stages = the row
+         # loop's num_stages (1 = not pipelined), bwd_rand_first = 1: Philox draws while the
+         # loads are in flight
+         "bwd_loads": 2, "bwd_stages": 2, "bwd_rand_first": 1}
 
 
 # the compiled backward kernel of the last call (its n_regs / n_spills, for the bench's sweep)
@@ -396,11 +481,14 @@ def triton_backward(dh, ds, s, weight, mean, rstd, seed, p, x_dtype, y_dtype, y_
     dw_part, db_part = part[:, 0], part[:, 1]
     dyb_part = part[:, 2] if has_yb else db_part  # db_part: a valid pointer, never written
     maxnreg = TILES["bwd_maxnreg"]
+    if TILES["bwd_loads"] not in (0, 1, 2):
+        raise ValueError(f"fused_norm TILES bwd_loads must be 0, 1 or 2, not {TILES['bwd_loads']}")
     LAST_BWD_KERNEL["kernel"] = _bwd_kernel[(n_prog,)](
         dh2, ds2, s2, weight.contiguous(), mean.reshape(-1), rstd.reshape(-1), seed, dx, dy, dw_part, db_part,
         dyb_part, N, H, rows_per_prog, part.stride(0), p, 1.0 / (1.0 - p) if p < 1 else 0.0,
         BLOCK_M=block_m, Q=q, NCHUNK=nchunk, HAS_DROPOUT=p > 0, HAS_DS=ds is not None,
-        ROUNDS=TILES["philox_rounds"], HAS_YB=has_yb, num_warps=TILES["bwd_warps"],
+        ROUNDS=TILES["philox_rounds"], HAS_YB=has_yb, STAGES=TILES["bwd_stages"], LOADS=TILES["bwd_loads"],
+        RAND_FIRST=TILES["bwd_rand_first"] > 0, num_warps=TILES["bwd_warps"],
         **({"maxnreg": maxnreg} if maxnreg else {}))
     # separate tensors: a custom op's outputs must not alias each other
     sums = partial_sums.column_sums(part, (weight.dtype, weight.dtype) + ((y_bias_dtype,) if has_yb else ()))

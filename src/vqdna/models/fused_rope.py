@@ -38,8 +38,15 @@ LAYOUT = "bthd"
 # per multiprocessor. Defaults: the fastest of the bench's --rope-sweep on an H200 at
 # [256, 256, 3, 12, 64] bf16 (session 5): forward 2x4 151 us (1x2 154, 4x4 160, 4x8 173; the
 # traffic floor at 4 TB/s is 151 us), backward 2x4x4 214 us (2x4x8 216, 4x8x4 221, 1x2x8 243,
-# 1x4x8 319)
-TILES = {"fwd_rows": 2, "fwd_warps": 4, "bwd_rows": 2, "bwd_warps": 4, "bwd_progs_per_sm": 4}
+# 1x4x8 319). Session 6 (bench/norm_rope_bwd_check.py, GPU time in a CUDA graph, finish
+# included): backward 204.8 us with session 5's kernel (2x4x4), 170.2 us with dq, dk, dv loaded
+# before the first store, 165.4 us with that at 4x8x2 (the default; 2x4x8 172.6, 1x2x8 185.5,
+# 1x2x16 187.1); pipelining the loop (bwd_stages 2-3) did not help (175.1-180.5)
+TILES = {"fwd_rows": 2, "fwd_warps": 4, "bwd_rows": 4, "bwd_warps": 8, "bwd_progs_per_sm": 2,
+         # when the backward kernel issues its loads (the comment in _rope_bwd_kernel): the row
+         # loop's num_stages (1 = not pipelined) and whether dq, dk, dv are all loaded before the
+         # first store (0 = slot by slot: session 5)
+         "bwd_stages": 1, "bwd_loads_first": 1}
 
 
 set_tiles = tiles_setter(TILES)  # set_tiles(**changes) -> the previous launch shape
@@ -156,22 +163,35 @@ if triton is not None:
                 tl.store(v_ptr + dst + HALF, x2.to(v_ptr.dtype.element_ty), mask=ok)
 
     @triton.jit
-    def _rope_bwd_slot(g_ptr, sb, st, sh, b, t, heads, i, ok, c1, c2, s1, s2, ROTATE: tl.constexpr,
-                       HALF: tl.constexpr):
+    def _rope_bwd_load(g_ptr, sb, st, sh, b, t, heads, i, ok, HALF: tl.constexpr):
         off = (b * sb + t * st)[:, None, None] + (heads[:, None] * sh + i[None, :])[None, :, :]
-        g1 = tl.load(g_ptr + off, mask=ok, other=0.0).to(tl.float32)
-        g2 = tl.load(g_ptr + off + HALF, mask=ok, other=0.0).to(tl.float32)
+        return tl.load(g_ptr + off, mask=ok, other=0.0), tl.load(g_ptr + off + HALF, mask=ok, other=0.0)
+
+    @triton.jit
+    def _rope_bwd_turn(g1, g2, c1, c2, s1, s2, ROTATE: tl.constexpr):
+        g1 = g1.to(tl.float32)
+        g2 = g2.to(tl.float32)
         if ROTATE:
             return g1 * c1 + g2 * s2, g2 * c2 - g1 * s1
         return g1, g2
 
     @triton.jit
+    def _rope_bwd_store(dqkv_ptr, dst, x1, x2, ok, HALF: tl.constexpr):
+        tl.store(dqkv_ptr + dst, x1.to(dqkv_ptr.dtype.element_ty), mask=ok)
+        tl.store(dqkv_ptr + dst + HALF, x2.to(dqkv_ptr.dtype.element_ty), mask=ok)
+
+    @triton.jit
     def _rope_bwd_kernel(dq_ptr, dk_ptr, dv_ptr, cos_ptr, sin_ptr, dqkv_ptr, db_ptr, n_rows, T, rows_per_prog,
                          q_sb, q_st, q_sh, k_sb, k_st, k_sh, v_sb, v_st, v_sh,
                          NH: tl.constexpr, D: tl.constexpr, NHP: tl.constexpr, HALFP: tl.constexpr,
-                         HALF: tl.constexpr, BLOCK_R: tl.constexpr, HAS_BIAS: tl.constexpr):
+                         HALF: tl.constexpr, BLOCK_R: tl.constexpr, HAS_BIAS: tl.constexpr,
+                         STAGES: tl.constexpr, LOADS_FIRST: tl.constexpr):
         # persistent programs over stripes of rows; the bias-gradient partial sums stay register
-        # tiles, reduced over rows once at the end
+        # tiles, reduced over rows once at the end. Loads in flight (see TILES): LOADS_FIRST
+        # issues the loads of dq, dk and dv before the first store (otherwise each slot's loads
+        # follow the previous slot's stores, which the compiler cannot move them above: they may
+        # alias); STAGES > 1 lets Triton's pipeliner stage the next rows' loads through shared
+        # memory. Same arithmetic either way.
         pid = tl.program_id(0)
         heads = tl.arange(0, NHP)
         i = tl.arange(0, HALFP)
@@ -185,7 +205,7 @@ if triton is not None:
         av2 = tl.zeros([BLOCK_R, NHP, HALFP], dtype=tl.float32)
         first = pid * rows_per_prog
         end = tl.minimum(first + rows_per_prog, n_rows)
-        for r0 in range(first, end, BLOCK_R):
+        for r0 in tl.range(first, end, BLOCK_R, num_stages=STAGES):
             rows = r0 + tl.arange(0, BLOCK_R)
             row_ok = rows < end
             ok = row_ok[:, None, None] & col_ok[None, :, :]
@@ -193,20 +213,27 @@ if triton is not None:
             b = rows // T
             tab = (t * D)[:, None, None] + i[None, None, :]
             tab_ok = row_ok[:, None, None] & (i < HALF)[None, None, :]
+            if LOADS_FIRST:
+                gq1, gq2 = _rope_bwd_load(dq_ptr, q_sb, q_st, q_sh, b, t, heads, i, ok, HALF)
+                gk1, gk2 = _rope_bwd_load(dk_ptr, k_sb, k_st, k_sh, b, t, heads, i, ok, HALF)
+                gv1, gv2 = _rope_bwd_load(dv_ptr, v_sb, v_st, v_sh, b, t, heads, i, ok, HALF)
             c1 = tl.load(cos_ptr + tab, mask=tab_ok, other=0.0).to(tl.float32)
             c2 = tl.load(cos_ptr + tab + HALF, mask=tab_ok, other=0.0).to(tl.float32)
             s1 = tl.load(sin_ptr + tab, mask=tab_ok, other=0.0).to(tl.float32)
             s2 = tl.load(sin_ptr + tab + HALF, mask=tab_ok, other=0.0).to(tl.float32)
             dst = (rows * (3 * NH * D))[:, None, None] + col[None, :, :]
-            q1, q2 = _rope_bwd_slot(dq_ptr, q_sb, q_st, q_sh, b, t, heads, i, ok, c1, c2, s1, s2, True, HALF)
-            tl.store(dqkv_ptr + dst, q1.to(dqkv_ptr.dtype.element_ty), mask=ok)
-            tl.store(dqkv_ptr + dst + HALF, q2.to(dqkv_ptr.dtype.element_ty), mask=ok)
-            k1, k2 = _rope_bwd_slot(dk_ptr, k_sb, k_st, k_sh, b, t, heads, i, ok, c1, c2, s1, s2, True, HALF)
-            tl.store(dqkv_ptr + dst + NH * D, k1.to(dqkv_ptr.dtype.element_ty), mask=ok)
-            tl.store(dqkv_ptr + dst + NH * D + HALF, k2.to(dqkv_ptr.dtype.element_ty), mask=ok)
-            v1, v2 = _rope_bwd_slot(dv_ptr, v_sb, v_st, v_sh, b, t, heads, i, ok, c1, c2, s1, s2, False, HALF)
-            tl.store(dqkv_ptr + dst + 2 * NH * D, v1.to(dqkv_ptr.dtype.element_ty), mask=ok)
-            tl.store(dqkv_ptr + dst + 2 * NH * D + HALF, v2.to(dqkv_ptr.dtype.element_ty), mask=ok)
+            if not LOADS_FIRST:
+                gq1, gq2 = _rope_bwd_load(dq_ptr, q_sb, q_st, q_sh, b, t, heads, i, ok, HALF)
+            q1, q2 = _rope_bwd_turn(gq1, gq2, c1, c2, s1, s2, True)
+            _rope_bwd_store(dqkv_ptr, dst, q1, q2, ok, HALF)
+            if not LOADS_FIRST:
+                gk1, gk2 = _rope_bwd_load(dk_ptr, k_sb, k_st, k_sh, b, t, heads, i, ok, HALF)
+            k1, k2 = _rope_bwd_turn(gk1, gk2, c1, c2, s1, s2, True)
+            _rope_bwd_store(dqkv_ptr, dst + NH * D, k1, k2, ok, HALF)
+            if not LOADS_FIRST:
+                gv1, gv2 = _rope_bwd_load(dv_ptr, v_sb, v_st, v_sh, b, t, heads, i, ok, HALF)
+            v1, v2 = _rope_bwd_turn(gv1, gv2, c1, c2, s1, s2, False)
+            _rope_bwd_store(dqkv_ptr, dst + 2 * NH * D, v1, v2, ok, HALF)
             if HAS_BIAS:
                 aq1 += q1
                 aq2 += q2
@@ -260,7 +287,8 @@ def triton_backward(dq: Tensor, dk: Tensor, dv: Tensor, cos: Tensor, sin: Tensor
         dq, dk, dv, cos, sin, dqkv, part, N, T, rows_per_prog,
         dq.stride(0), dq.stride(1), dq.stride(2), dk.stride(0), dk.stride(1), dk.stride(2),
         dv.stride(0), dv.stride(1), dv.stride(2),
-        NH=nh, D=d, NHP=nhp, HALFP=halfp, HALF=d // 2, BLOCK_R=block_r, HAS_BIAS=has_bias, num_warps=TILES["bwd_warps"])
+        NH=nh, D=d, NHP=nhp, HALFP=halfp, HALF=d // 2, BLOCK_R=block_r, HAS_BIAS=has_bias,
+        STAGES=TILES["bwd_stages"], LOADS_FIRST=TILES["bwd_loads_first"] > 0, num_warps=TILES["bwd_warps"])
     dbias = partial_sums.column_sums(part.view(n_prog, 1, -1), (bias_dtype,))[0] if has_bias else dqkv.new_empty(0)
     return dqkv, dbias
 
