@@ -391,9 +391,10 @@ FAMILIES = (
     ("fused qkv bias + RoPE (vqdna op)", ("_rope_fwd_kernel", "_rope_bwd_kernel")),  # before the next: same suffixes
     ("fused fc1 bias + GELU (vqdna op)", ("_gelu_fwd_kernel", "_gelu_bwd_kernel")),
     ("partial-sum finish (vqdna, Triton)", ("_colsum_kernel",)),
-    ("fused add+dropout+LayerNorm (vqdna op)", ("_fwd_kernel", "_bwd_kernel")),
-    # attention first: cuDNN's SDPA kernels also carry "sm90" in their names
+    # attention before the next two: flash-attention's kernels (SDPA's backend in deterministic
+    # mode) are named flash_fwd_kernel/flash_bwd_*, cuDNN's also carry "sm90"
     ("attention (cuDNN / flash)", ("cudnn", "flash", "fmha", "sdpa", "attention")),
+    ("fused add+dropout+LayerNorm (vqdna op)", ("_fwd_kernel", "_bwd_kernel")),
     ("GEMM (cuBLAS / Triton templates)", ("nvjet", "gemm", "cutlass", "xmma", "sm90_", "cublas", "triton_tem", "mm_")),
     ("optimizer (AdamW, master copies)", ("multi_tensor", "adam", "foreach")),
     ("LayerNorm (+fused element-wise)", ("layer_norm", "native_layer_norm")),

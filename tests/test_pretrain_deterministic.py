@@ -47,13 +47,14 @@ def torch_kernel_settings(monkeypatch):
 
 
 def settings_during_steps(monkeypatch) -> list[tuple]:
-    """(deterministic algorithms on, warn-only, CUBLAS_WORKSPACE_CONFIG) at every training step."""
+    """(deterministic algorithms on, warn-only, CUBLAS_WORKSPACE_CONFIG, NaN fill of new tensors)
+    at every training step."""
     seen = []
     real_call = pretrain_module.TrainStep.__call__
 
     def recording_call(self, *args, **kwargs):
         seen.append((torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled(),
-                     os.environ.get(CUBLAS_WORKSPACE)))
+                     os.environ.get(CUBLAS_WORKSPACE), torch.utils.deterministic.fill_uninitialized_memory))
         return real_call(self, *args, **kwargs)
 
     monkeypatch.setattr(pretrain_module.TrainStep, "__call__", recording_call)
@@ -81,8 +82,10 @@ def test_cli_job_runs_strict_deterministic_records_the_key_and_restores(tokens, 
     rc = main(["pretrain", "--config", str(DEMO), "--config", str(overlay), "--tokens", str(tokens / "tokens"),
                "--tokenizer", str(tokens / "tok"), "--out", str(tmp_path / "model")])
     assert rc == 0
-    assert seen == [(True, False, ":4096:8")] * 2  # strict mode, cuBLAS's deterministic workspace
+    # strict mode, cuBLAS's deterministic workspace, no NaN fill (its cost on a GPU: docs/benchmarks.md)
+    assert seen == [(True, False, ":4096:8", False)] * 2
     assert not torch.are_deterministic_algorithms_enabled() and CUBLAS_WORKSPACE not in os.environ
+    assert torch.utils.deterministic.fill_uninitialized_memory  # torch's default, put back
 
     cfg = load_config([DEMO, overlay])
     client = get_client(cfg)
@@ -95,7 +98,7 @@ def test_off_leaves_torch_as_it_is(tokens, monkeypatch):
     cfg = copy.deepcopy(CFG)
     cfg["pretrain"].update(deterministic=False, steps=1)
     pretrain(tokens / "tokens", tokens / "tok", tokens / "off", cfg, track=False)
-    assert seen == [(False, False, None)]
+    assert seen == [(False, False, None, True)]
 
 
 def test_killed_cpu_job_with_it_on_resumes_bitwise(tokens):
@@ -124,7 +127,7 @@ def test_conflicting_cublas_workspace_is_a_config_error_before_training(tokens, 
     cfg = copy.deepcopy(CFG)
     cfg["pretrain"]["steps"] = 1
     pretrain(tokens / "tokens", tokens / "tok", tokens / "ws16", cfg, track=False)
-    assert seen == [(True, False, ":16:8")] and os.environ[CUBLAS_WORKSPACE] == ":16:8"
+    assert seen == [(True, False, ":16:8", False)] and os.environ[CUBLAS_WORKSPACE] == ":16:8"
 
 
 def test_op_without_deterministic_kernel_stops_the_job_naming_it(tokens, monkeypatch):
@@ -152,6 +155,7 @@ def test_seed_everything_stays_warn_only_and_keeps_any_workspace(monkeypatch):
     monkeypatch.setenv(CUBLAS_WORKSPACE, ":0:0")
     seed_everything(3)
     assert torch.are_deterministic_algorithms_enabled() and torch.is_deterministic_algorithms_warn_only_enabled()
+    assert torch.utils.deterministic.fill_uninitialized_memory  # warn-only keeps torch's NaN fill
     assert os.environ[CUBLAS_WORKSPACE] == ":0:0"
     monkeypatch.delenv(CUBLAS_WORKSPACE)
     seed_everything(3)

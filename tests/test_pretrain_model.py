@@ -62,6 +62,39 @@ def test_codebook_embedding_holds_the_tokenizer_vectors():
     assert not any("codebook" in name for name, _ in model.named_parameters())
 
 
+def test_special_tokens_take_their_learned_rows_and_gradients():
+    """[PAD]/[MASK]/[CLS] positions carry their learned row (ids past the last special count as
+    [CLS]), code positions the projected code vector; the special rows' gradient is the sum over
+    the positions that use them, as an embedding lookup's would be."""
+    tok = tiny_vq_tokenizer("hrq")
+    torch.manual_seed(0)
+    model = VQDNAForMaskedLM.from_tokenizer(tok, **TINY)
+    emb = model.vqdna.embeddings.tokens
+    ids = torch.from_numpy(tok.encode(real_seqs(2, 12))[0][:12]).long()[None].repeat(2, 1, 1)
+    v0 = model.config.vocab_sizes[0]
+    special = special_token_ids(model.config)
+    for pos, name in [(0, "cls"), (3, "mask"), (7, "pad"), (9, "mask")]:
+        ids[0, pos] = torch.tensor(special[name])
+    ids[1, 5, 0] = v0 + 7  # past the last special id
+    out = emb(ids)
+    weight = emb.special.weight
+    which = {0: 2, 3: 1, 7: 0, 9: 1}
+    for pos, row in which.items():
+        assert torch.equal(out[0, pos], weight[row])
+    assert torch.equal(out[1, 5], weight[2])
+    codes = [p for p in range(12) if p not in which]
+    books = emb.codebooks  # HRQ levels combined by their mean (level_combine)
+    plain = emb.proj(sum(torch.nn.functional.embedding(ids[0, codes, l], b) for l, b in enumerate(books)) / len(books))
+    torch.testing.assert_close(out[0, codes], plain)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    want = torch.zeros_like(weight)
+    for pos, row in which.items():
+        want[row] += grad[0, pos]
+    want[2] += grad[1, 5]
+    torch.testing.assert_close(weight.grad, want)
+
+
 def test_padding_does_not_change_real_tokens(model_and_tokens):
     model, _tok, arrays = model_and_tokens
     with torch.no_grad():

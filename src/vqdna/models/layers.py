@@ -15,6 +15,16 @@ from .fused_norm import dropout_add_layer_norm
 from .positions import alibi_bias, alibi_slopes, apply_rope, rope_tables
 
 
+def take_positions(x: torch.Tensor, select: torch.Tensor) -> torch.Tensor:
+    """`x [B, T, H]` at the positions `select [B, k]` -> `[B, k, H]`, as whole rows of the
+    flattened `[B*T, H]`: the backward accumulates B*k row indices, where a gather with the index
+    expanded over H accumulates B*k*H element indices (torch's deterministic mode sorts what it
+    accumulates: 3 ms a call at the bench shape). Same values and gradients either way."""
+    B, T = x.shape[:2]
+    rows = (select + T * torch.arange(B, device=select.device)[:, None]).reshape(-1)
+    return x.reshape(B * T, -1)[rows].view(B, select.shape[1], -1)
+
+
 class SelfAttention(nn.Module):
     # RoPE on q and k as two separate tensors (True) or one stacked pass (False). Separate: the
     # backward of `unbind` is a single stack of dq, dk, dv into the qkv gradient, where the
@@ -69,7 +79,7 @@ class SelfAttention(nn.Module):
         sequence, queries at k positions (no padding mask; the MLM path of full windows)."""
         B, T, H = x.shape
         k = select.shape[1]
-        x_sel = x.gather(1, select[..., None].expand(B, k, H))
+        x_sel = take_positions(x, select)
         q = linear(self.qkv, x_sel, slice(0, H)).view(B, k, self.num_heads, self.head_dim)
         kv = linear(self.qkv, x, slice(H, 3 * H)).view(B, T, 2, self.num_heads, self.head_dim)
         if rope is not None:
@@ -177,7 +187,7 @@ class EncoderLayer(nn.Module):
                         normed: torch.Tensor | None = None) -> torch.Tensor:
         """This block's output at `select [B, k]` only (what the MLM loss reads of the last block).
         `normed`: attn_norm(x) when the caller already has it (fused pre-LN path)."""
-        x_sel = x.gather(1, select[..., None].expand(*select.shape, x.shape[-1]))
+        x_sel = take_positions(x, select)
         fold = self._folds(self.attention.out_proj)
         attn_bias = self.attention.out_proj.bias if fold else None
         if self.pre_norm:

@@ -13,7 +13,7 @@ from transformers.utils import ModelOutput
 
 from .configuration import VQDNAConfig
 from .embedding import CodebookEmbedding, InputEmbedding
-from .layers import Encoder
+from .layers import Encoder, take_positions
 
 # Linear layers of every encoder block, for peft's `target_modules`.
 LORA_TARGET_MODULES = ["qkv", "out_proj", "fc1", "fc2"]
@@ -197,7 +197,7 @@ class VQDNAForMaskedLM(VQDNAPreTrainedModel):
             hidden = self.vqdna(input_ids, None, select=select).last_hidden_state
         else:
             hidden = self.vqdna(input_ids, attention_mask).last_hidden_state
-            hidden = hidden.gather(1, select[..., None].expand(B, K, hidden.shape[-1]))
+            hidden = take_positions(hidden, select)
         level_logits, level_losses, level_correct = self._score(hidden.reshape(B * K, -1), target)
         return VQDNAMaskedLMOutput(
             loss=level_losses.mean(),
