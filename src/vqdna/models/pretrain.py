@@ -252,6 +252,10 @@ def _pretrain(settings: PretrainSettings, tokens_dir, tokenizer_dir, out_dir, cf
 
             if done % settings.log_every == 0 or done == settings.steps:
                 elapsed = time.perf_counter() - t_window
+                # every rank's micro-batches, not rank 0's alone: what the global batch trained on
+                _sum_over_ranks([window_loss, window_level_loss, window_correct, window_masked, window_targets], world)
+                window_loss /= world
+                window_level_loss /= world
                 if int(window_targets) != int(window_masked):  # cannot happen with exact-count masking
                     raise RuntimeError(f"{name}: {int(window_targets) - int(window_masked)} masked targets "
                                        f"were not scored (a row had more than the static count)")
@@ -261,7 +265,8 @@ def _pretrain(settings: PretrainSettings, tokens_dir, tokenizer_dir, out_dir, cf
                     metrics[f"loss_level{l}"] = float(window_level_loss[l]) / window_steps
                     metrics[f"masked_acc_level{l}"] = float(window_correct[l] / window_masked.clamp(min=1))
                 bar.set_postfix(loss=f"{metrics['loss']:.3f}")
-                log.info("%s step %d: %s", name, done, json.dumps({k: round(v, 5) for k, v in metrics.items()}))
+                if rank == 0:
+                    log.info("%s step %d: %s", name, done, json.dumps({k: round(v, 5) for k, v in metrics.items()}))
                 if mlrun is not None:
                     mlrun.log_metrics(metrics, step=done)
                 final.update(metrics)
@@ -461,6 +466,18 @@ def _init_distributed(cfg) -> tuple[int, int, int]:
                 torch.cuda.set_device(local_rank)
             dist.init_process_group(backend=backend)
     return rank, world, local_rank
+
+
+def _sum_over_ranks(tensors: list[torch.Tensor], world: int) -> None:
+    """In place: each tensor becomes its sum over the DDP ranks (one all-reduce for all of them)."""
+    if world == 1:
+        return
+    import torch.distributed as dist
+
+    flat = torch.cat([t.reshape(-1).float() for t in tensors])
+    dist.all_reduce(flat)
+    for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
+        t.copy_(part.view_as(t))
 
 
 def _barrier(world: int) -> None:
