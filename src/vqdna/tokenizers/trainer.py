@@ -8,7 +8,9 @@
 - codebook initialisation from the first batch (k-means), optional k-means re-initialisation
   once after warm-up (paper: HRQ), dead-code restarts every `restart_every` steps;
 - DDP under torchrun: each rank takes its slice of the global batch, codebook statistics are
-  all-reduced (see `quantizer.py`), so every rank holds identical codebooks;
+  all-reduced (see `quantizer.py`), so every rank holds identical codebooks; k-means reads the
+  global batch (rank 0's result is broadcast) and the logged training metrics are the global
+  batch's (one all-reduce per log step);
 - a checkpoint (model incl. EMA buffers, optimizer, data position, RNG states, step) every
   `checkpoint_every` steps, written atomically; a restarted job continues exactly from it.
 """
@@ -159,7 +161,12 @@ def train_vq_tokenizer(
     progress: bool = True,
     stop_at_step: int | None = None,
 ) -> dict:
-    """Train (or resume) one VQ/HRQ tokenizer and write `out_dir` (config.json, model.safetensors, metrics.json)."""
+    """Train (or resume) one VQ/HRQ tokenizer and write `out_dir` (config.json, model.safetensors, metrics.json).
+
+    `log_metrics(metrics, step)` gets the training metrics of each log step on every rank it is passed
+    to; under DDP they are the global batch's, the same on every rank (the CLI passes it on rank 0 only).
+    Returns the metrics written to metrics.json on rank 0, {} on the other ranks.
+    """
     from tqdm.auto import tqdm
 
     from ..seeding import seed_everything
@@ -245,7 +252,10 @@ def train_vq_tokenizer(
         init_now = not codebooks_ready
         reinit_now = settings.kmeans_after_warmup and step == settings.warmup_steps and step > 0
         if init_now or reinit_now:
-            _kmeans_init(model, x, settings.init_kmeans_iters if init_now else settings.kmeans_iters,
+            # under DDP from the global batch (every rank holds it), as one process would: rank 0's slice
+            # alone would give k-means 1/world of the latents `kmeans_max_samples` asks for
+            batch = x if dist_info.world == 1 else torch.from_numpy(np.ascontiguousarray(crops)).to(dev).long()
+            _kmeans_init(model, batch, settings.init_kmeans_iters if init_now else settings.kmeans_iters,
                          settings.kmeans_max_samples, quant_gen, autocast)
             codebooks_ready = True
 
@@ -267,12 +277,18 @@ def train_vq_tokenizer(
 
         if step % settings.log_every == 0 or step == settings.max_steps:
             with torch.no_grad():
-                acc = float((out["logits"].argmax(-1) == x).float().mean())
+                losses = [out["loss"].detach(), out["rec_loss"].detach(), out["commit_loss"].detach(),
+                          (out["logits"].argmax(-1) == x).float().mean()]
+            level_counts = out["counts"]
+            if dist_info.world > 1:
+                # every rank's slice, not rank 0's alone: the global batch's numbers, on every rank
+                losses, level_counts = _global_batch(losses, level_counts, dist_info.world)
+            loss, rec_loss, commit_loss, acc = (float(v) for v in losses)
             now = time.time()
-            last = {"train/loss": float(out["loss"].detach()), "train/rec_loss": float(out["rec_loss"].detach()),
-                    "train/commit_loss": float(out["commit_loss"].detach()), "train/accuracy": acc, "train/lr": lr,
+            last = {"train/loss": loss, "train/rec_loss": rec_loss, "train/commit_loss": commit_loss,
+                    "train/accuracy": acc, "train/lr": lr,
                     "train/seq_len": length, "train/nt_per_s": nt_since_log / max(now - t_log, 1e-9)}
-            for level, counts in enumerate(out["counts"]):
+            for level, counts in enumerate(level_counts):
                 usage, ppl = usage_and_perplexity(counts)
                 last[f"train/usage_pct_l{level}"] = usage
                 last[f"train/perplexity_l{level}"] = ppl
@@ -280,7 +296,7 @@ def train_vq_tokenizer(
                 last.update({f"train/restarted_l{i}": n for i, n in enumerate(restarted)})
             nt_since_log, t_log = 0, now
             bar.set_postfix(loss=f"{last['train/loss']:.3f}", acc=f"{acc:.3f}")
-            if log_metrics and dist_info.main:
+            if log_metrics:
                 log_metrics(last, step)
         if settings.checkpoint_every > 0 and step % settings.checkpoint_every == 0 and step < settings.max_steps:
             save_checkpoint()
@@ -313,6 +329,18 @@ def train_vq_tokenizer(
 
         dist.barrier()
     return metrics
+
+
+def _global_batch(means: list[torch.Tensor], counts: list[torch.Tensor],
+                  world: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """The global batch's means (of the ranks' equal slices) and code counts, from each rank's own, with
+    one all-reduce; fp64 so the counts stay exact."""
+    import torch.distributed as dist
+
+    flat = torch.cat([torch.stack([m.double() for m in means]), *(c.double() for c in counts)])
+    dist.all_reduce(flat)
+    parts = flat.split([len(means), *(c.numel() for c in counts)])
+    return list(parts[0] / world), [p.round().long() for p in parts[1:]]
 
 
 @torch.no_grad()
