@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_dir, atomic_path, write_json
+from ..distributed import barrier, sum_over_ranks
 from ..errors import ConfigError, InputError
 from ..tokens import TokenFile
 from ..tokens.format import read_meta
@@ -253,7 +254,7 @@ def _pretrain(settings: PretrainSettings, tokens_dir, tokenizer_dir, out_dir, cf
             if done % settings.log_every == 0 or done == settings.steps:
                 elapsed = time.perf_counter() - t_window
                 # every rank's micro-batches, not rank 0's alone: what the global batch trained on
-                _sum_over_ranks([window_loss, window_level_loss, window_correct, window_masked, window_targets], world)
+                sum_over_ranks([window_loss, window_level_loss, window_correct, window_masked, window_targets], world)
                 window_loss /= world
                 window_level_loss /= world
                 if int(window_targets) != int(window_masked):  # cannot happen with exact-count masking
@@ -279,7 +280,7 @@ def _pretrain(settings: PretrainSettings, tokens_dir, tokenizer_dir, out_dir, cf
             if done % settings.checkpoint_every == 0 and done != settings.steps:
                 if rank == 0:
                     _save_checkpoint(ckpt_path, model, optimizer, done, fingerprint)
-                _barrier(world)
+                barrier(world)
                 if stop_after is not None and done >= stop_after:
                     bar.close()
                     return final
@@ -306,7 +307,7 @@ def _pretrain(settings: PretrainSettings, tokens_dir, tokenizer_dir, out_dir, cf
                 ckpt_path.unlink()  # the finished model supersedes it
                 with contextlib.suppress(OSError):
                     ckpt_dir.rmdir()
-        _barrier(world)
+        barrier(world)
     return final
 
 
@@ -468,20 +469,3 @@ def _init_distributed(cfg) -> tuple[int, int, int]:
     return rank, world, local_rank
 
 
-def _sum_over_ranks(tensors: list[torch.Tensor], world: int) -> None:
-    """In place: each tensor becomes its sum over the DDP ranks (one all-reduce for all of them)."""
-    if world == 1:
-        return
-    import torch.distributed as dist
-
-    flat = torch.cat([t.reshape(-1).float() for t in tensors])
-    dist.all_reduce(flat)
-    for t, part in zip(tensors, flat.split([t.numel() for t in tensors]), strict=True):
-        t.copy_(part.view_as(t))
-
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()

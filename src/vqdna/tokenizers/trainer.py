@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from ..atomic import atomic_dir, atomic_path, write_json
+from ..distributed import barrier, sum_over_ranks
 from ..genomes.shards_io import list_shards, read_codes
 from .data import ShardStream, random_crops
 from .evaluate import evaluate_tokenizer
@@ -277,13 +278,13 @@ def train_vq_tokenizer(
 
         if step % settings.log_every == 0 or step == settings.max_steps:
             with torch.no_grad():
-                losses = [out["loss"].detach(), out["rec_loss"].detach(), out["commit_loss"].detach(),
-                          (out["logits"].argmax(-1) == x).float().mean()]
-            level_counts = out["counts"]
-            if dist_info.world > 1:
-                # every rank's slice, not rank 0's alone: the global batch's numbers, on every rank
-                losses, level_counts = _global_batch(losses, level_counts, dist_info.world)
-            loss, rec_loss, commit_loss, acc = (float(v) for v in losses)
+                means = torch.stack([out["loss"].double(), out["rec_loss"].double(), out["commit_loss"].double(),
+                                     (out["logits"].argmax(-1) == x).float().mean().double()])
+            level_counts = [c.clone() for c in out["counts"]]
+            # every rank's slice, not rank 0's alone: the global batch's numbers (the ranks' slices
+            # are equal, so their mean is the mean of the means), on every rank
+            sum_over_ranks([means, *level_counts], dist_info.world)
+            loss, rec_loss, commit_loss, acc = (float(v) for v in means / dist_info.world)
             now = time.time()
             last = {"train/loss": loss, "train/rec_loss": rec_loss, "train/commit_loss": commit_loss,
                     "train/accuracy": acc, "train/lr": lr,
@@ -324,23 +325,8 @@ def train_vq_tokenizer(
         with contextlib.suppress(OSError):
             work_dir.rmdir()
         model.train()
-    if dist_info.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
+    barrier(dist_info.world)
     return metrics
-
-
-def _global_batch(means: list[torch.Tensor], counts: list[torch.Tensor],
-                  world: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """The global batch's means (of the ranks' equal slices) and code counts, from each rank's own, with
-    one all-reduce; fp64 so the counts stay exact."""
-    import torch.distributed as dist
-
-    flat = torch.cat([torch.stack([m.double() for m in means]), *(c.double() for c in counts)])
-    dist.all_reduce(flat)
-    parts = flat.split([len(means), *(c.numel() for c in counts)])
-    return list(parts[0] / world), [p.round().long() for p in parts[1:]]
 
 
 @torch.no_grad()

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..atomic import atomic_path, write_json
+from ..distributed import barrier
 from ..errors import ConfigError, InputError
 from ..dna import to_codes
 from .encode import BatchEncoder, first_invalid_codes, tokens_per_window
@@ -99,7 +100,7 @@ def tokenize_split(tokenizer_dir, shards_root, split: str, out_dir, cfg: dict, *
     if rank == 0:
         with open(tmp_bin, "wb") as fh:
             fh.truncate(nbytes)
-    _barrier(world)
+    barrier(world)
 
     # Contiguous block of shards for this rank, and where its rows start in the file.
     first, last = _block(len(shards), rank, world)
@@ -160,7 +161,7 @@ def tokenize_split(tokenizer_dir, shards_root, split: str, out_dir, cfg: dict, *
         elapsed = time.perf_counter() - t0
         if not meta.fixed_rate:
             _write_lengths(paths["lengths"], lengths, row_start, count, rank, world)
-        _barrier(world)
+        barrier(world)
         if rank == 0:
             os.replace(tmp_bin, paths["bin"])
             write_json(paths["meta"], meta.to_dict())  # last: marks the split complete
@@ -205,12 +206,12 @@ def _write_lengths(path: Path, lengths: np.ndarray, row_start: int, count: int, 
     if rank == 0:
         with open(tmp, "wb") as fh:
             fh.truncate(count * 4)
-    _barrier(world)
+    barrier(world)
     out = np.memmap(tmp, dtype=np.uint32, mode="r+", shape=(count,))
     out[row_start: row_start + len(lengths)] = lengths
     out.flush()
     del out
-    _barrier(world)
+    barrier(world)
     if rank == 0:
         os.replace(tmp, path)
 
@@ -238,9 +239,3 @@ def _dist_env() -> tuple[int, int]:
             dist.init_process_group(backend="gloo")
     return rank, world
 
-
-def _barrier(world: int) -> None:
-    if world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
